@@ -1,0 +1,44 @@
+"""The code location: assets for every dataset spec in $RELGRAPH_DATASETS.
+
+RELGRAPH_DATASETS is a list of spec paths separated by ':' or ','; by default every
+`*.yaml` in datasets/. Asset keys are prefixed by the dataset's name.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import dagster as dg
+
+from assets.evaluation import evaluation_assets
+from assets.extract import extract_assets
+from assets.graphs import graph_asset
+from assets.resources import default_resources
+from assets.tasks import task_assets
+from assets.training import training_assets
+from pipeline.spec import DatasetSpec, load_spec
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def dataset_paths() -> list[Path]:
+    raw = os.environ.get("RELGRAPH_DATASETS", "").strip()
+    if raw:
+        return [Path(p) for p in re.split(r"[:,]", raw) if p.strip()]
+    return sorted((REPO / "datasets").glob("*.yaml"))
+
+
+def dataset_assets(spec: DatasetSpec) -> list:
+    return [*extract_assets(spec), *task_assets(spec), graph_asset(spec),
+            *training_assets(spec), *evaluation_assets(spec)]
+
+
+def build_definitions(specs: list[DatasetSpec] | None = None) -> dg.Definitions:
+    specs = specs if specs is not None else [load_spec(p) for p in dataset_paths()]
+    assets = [a for spec in specs for a in dataset_assets(spec)]
+    return dg.Definitions(assets=assets, resources=default_resources())
+
+
+defs = build_definitions()

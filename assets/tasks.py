@@ -1,0 +1,42 @@
+"""One asset per task: the label table at train/val/test cutoffs."""
+
+from __future__ import annotations
+
+import dagster as dg
+from dagster_duckdb import DuckDBResource
+
+from pipeline.spec import DatasetSpec
+from pipeline.tasks import build_task_table
+
+
+def task_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition]:
+    out = []
+    for task in spec.tasks.values():
+        out.append(_task_asset(spec, task.name))
+    return out
+
+
+def _task_asset(spec: DatasetSpec, task_name: str) -> dg.AssetsDefinition:
+    task = spec.tasks[task_name]
+
+    @dg.asset(key=[spec.name, task_name], deps=[[spec.name, t] for t in spec.tables],
+              pool="warehouse", group_name=spec.name, kinds={"duckdb"},
+              description=f"Labels of task {task_name} ({task.type}) at every cutoff.")
+    def _labels(context: dg.AssetExecutionContext, duckdb: DuckDBResource) -> dg.MaterializeResult:
+        with duckdb.get_connection() as con:
+            summary = build_task_table(con, spec, task)
+        rows = ["| split | " + " | ".join(next(iter(summary["splits"].values())).keys()) + " |",
+                "|---" * (1 + len(next(iter(summary["splits"].values())))) + "|"]
+        for split in ("train", "val", "test"):
+            s = summary["splits"][split]
+            rows.append(f"| {split} | " + " | ".join(
+                f"{v:.4f}" if isinstance(v, float) else str(v) for v in s.values()) + " |")
+        context.log.info("task %s: %s", task_name, summary["splits"])
+        return dg.MaterializeResult(metadata={
+            "splits": dg.MetadataValue.md("\n".join(rows)),
+            "live_entities": summary["live_entities"],
+            "cutoffs": dg.MetadataValue.json(summary["cutoffs"]),
+            **{f"{split}_examples": s["examples"] for split, s in summary["splits"].items()},
+        })
+
+    return _labels

@@ -1,0 +1,207 @@
+"""The `relgraph` command. Every sub-command runs the same Dagster assets as the UI, in process.
+
+    relgraph run   --dataset SPEC [--task T] [--models sage,gat] [--seeds N] [--scale N]
+    relgraph graph --dataset SPEC [--scale N]
+    relgraph ui    [--dagster-port 3000] [--mlflow-port 5000]
+    relgraph bench [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _prepare_env(dataset: str | None = None) -> None:
+    """Point Dagster at the data directory's instance, with telemetry off."""
+    from pipeline.paths import DataPaths
+
+    paths = DataPaths.from_env()
+    os.environ["RELGRAPH_DATA"] = str(paths.root)
+    home = Path(os.environ.setdefault("DAGSTER_HOME", str(paths.dagster_home)))
+    home.mkdir(parents=True, exist_ok=True)
+    if not (home / "dagster.yaml").exists():
+        shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+    if dataset:
+        os.environ["RELGRAPH_DATASETS"] = str(Path(dataset).resolve())
+
+
+def _load(args):
+    from pipeline.spec import load_spec
+
+    spec = load_spec(args.dataset)
+    if getattr(args, "scale", None):
+        if spec.source.kind != "synthetic":
+            raise SystemExit(f"--scale applies to the synthetic source only; {args.dataset} "
+                             f"has kind {spec.source.kind}")
+        spec = dataclasses.replace(spec, source=dataclasses.replace(spec.source, scale=args.scale))
+    return spec
+
+
+def _materialize(spec, selection, run_config=None):
+    import dagster as dg
+
+    from assets.definitions import dataset_assets
+    from assets.resources import default_resources
+
+    return dg.materialize(dataset_assets(spec), instance=dg.DagsterInstance.get(),
+                          selection=selection, resources=default_resources(),
+                          run_config=run_config or {})
+
+
+def _op_name(key: list[str]) -> str:
+    return "__".join(key)
+
+
+def cmd_run(args) -> int:
+    from pipeline.experiment import ALL_MODELS
+    from pipeline.paths import DataPaths
+    from pipeline.report import comparison
+
+    _prepare_env(args.dataset)
+    spec = _load(args)
+    if not spec.tasks:
+        raise SystemExit(f"{args.dataset}: the spec defines no task to train")
+    task = spec.task(args.task) if args.task else next(iter(spec.tasks.values()))
+    models = [m.strip() for m in args.models.split(",")] if args.models else list(ALL_MODELS)
+    unknown = [m for m in models if m not in ALL_MODELS]
+    if unknown:
+        raise SystemExit(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(ALL_MODELS)}")
+    keys = [[spec.name, t] for t in spec.tables] + [[spec.name, task.name], [spec.name, "graph"]]
+    keys += [[spec.name, task.name, m] for m in models] + [[spec.name, task.name, "evaluation"]]
+    import dagster as dg
+
+    selection = [dg.AssetKey(k) for k in keys]
+    run_config = {"ops": {_op_name([spec.name, task.name, m]): {"config": {"seeds": args.seeds}}
+                          for m in models}}
+    result = _materialize(spec, selection, run_config)
+    report = comparison(DataPaths.from_env(), spec, task, run_id=result.run_id)
+    print(f"\n{spec.name} / {task.name}: {task.metric} "
+          f"({'lower' if task.lower_is_better else 'higher'} is better)\n")
+    print(report.markdown)
+    print(f"\nMLflow experiment: relgraph/{spec.name}/{task.name}  "
+          f"(tracking store: {os.environ.get('MLFLOW_TRACKING_URI') or DataPaths.from_env().mlflow_uri()})")
+    return 0
+
+
+def cmd_graph(args) -> int:
+    import dagster as dg
+
+    from pipeline.paths import DataPaths
+
+    _prepare_env(args.dataset)
+    spec = _load(args)
+    keys = [[spec.name, t] for t in spec.tables] + [[spec.name, t] for t in spec.tasks]
+    keys.append([spec.name, "graph"])
+    result = _materialize(spec, [dg.AssetKey(k) for k in keys])
+    mats = result.asset_materializations_for_node(_op_name([spec.name, "graph"]))
+    path = mats[-1].metadata["path"].value if mats else DataPaths.from_env().graphs / spec.name
+    print(f"graph: {path}")
+    return 0
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGINT)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def cmd_ui(args) -> int:
+    from pipeline.paths import DataPaths
+
+    _prepare_env(args.dataset)
+    paths = DataPaths.from_env()
+    paths.mlflow.mkdir(parents=True, exist_ok=True)
+    bin_dir = Path(sys.executable).parent
+    host = args.host
+    dagster = subprocess.Popen([str(bin_dir / "dagster"), "dev", "-h", host, "-p", str(args.dagster_port),
+                                "-w", str(REPO / "workspace.yaml")], cwd=REPO, start_new_session=True)
+    mlflow = subprocess.Popen([str(bin_dir / "mlflow"), "server", "--host", host,
+                               "--port", str(args.mlflow_port), "--workers", "1",
+                               "--backend-store-uri", paths.mlflow_uri(),
+                               "--default-artifact-root", (paths.mlflow / "artifacts").as_uri()],
+                              cwd=REPO, start_new_session=True)
+    print(f"Dagster UI: http://{host}:{args.dagster_port}\nMLflow UI:  http://{host}:{args.mlflow_port}\n"
+          "Ctrl-C stops both.", flush=True)
+    try:
+        while dagster.poll() is None and mlflow.poll() is None:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        _stop_group(dagster)
+        _stop_group(mlflow)
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from bench.run import main as bench_main
+
+    return bench_main(["--quick"] if args.quick else [])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="relgraph", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    default_spec = str(REPO / "datasets" / "ecommerce.yaml")
+
+    run = sub.add_parser("run", help="extract, build, train and evaluate on one task")
+    run.add_argument("--dataset", default=default_spec)
+    run.add_argument("--task")
+    run.add_argument("--models", help="comma-separated; default: every model")
+    run.add_argument("--seeds", type=int, default=1)
+    run.add_argument("--scale", type=int, help="synthetic source only: number of customers")
+    run.set_defaults(func=cmd_run)
+
+    graph = sub.add_parser("graph", help="build the warehouse, task tables and graph")
+    graph.add_argument("--dataset", default=default_spec)
+    graph.add_argument("--scale", type=int)
+    graph.set_defaults(func=cmd_graph)
+
+    ui = sub.add_parser("ui", help="serve the Dagster and MLflow UIs on 127.0.0.1")
+    ui.add_argument("--dataset")
+    ui.add_argument("--host", default="127.0.0.1")
+    ui.add_argument("--dagster-port", type=int, default=3000)
+    ui.add_argument("--mlflow-port", type=int, default=5000)
+    ui.set_defaults(func=cmd_ui)
+
+    bench = sub.add_parser("bench", help="run the benchmarks")
+    bench.add_argument("--quick", action="store_true")
+    bench.set_defaults(func=cmd_bench)
+
+    args = parser.parse_args(argv)
+    from pipeline.spec import SpecError
+    from pipeline.tasks import TaskError
+
+    try:
+        return args.func(args)
+    except Exception as exc:
+        # Dagster wraps errors raised inside assets; show the user the one that matters.
+        inner = getattr(exc, "user_exception", None) or exc
+        if isinstance(inner, (SpecError, TaskError)) or type(inner).__name__ in _USER_ERRORS:
+            print(f"relgraph: {inner}", file=sys.stderr)
+            return 2
+        raise
+
+
+# Errors whose message is the whole story for the user (no traceback needed).
+_USER_ERRORS = {"WarehouseError", "SourceError", "TrackingError", "Failure"}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""One model on one task, end to end: load examples and graph, train (a graph model or a
+LightGBM baseline) for one or more seeds, write plots and a result file, log to MLflow.
+
+The result file (`results/<dataset>/<task>/<model>.json`) is what the evaluation step
+and `relgraph run`'s summary read; MLflow gets the same numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable, ContextManager
+
+import duckdb
+import numpy as np
+
+from pipeline.evaluate import plot_curves, plot_pred_vs_true, plot_roc_pr
+from pipeline.graph import GraphArtifact
+from pipeline.models import GNN_MODELS
+from pipeline.paths import DataPaths
+from pipeline.spec import DatasetSpec, TaskSpec
+from pipeline.tasks import load_examples, task_cutoffs
+from pipeline.tracking import Tracker, git_commit
+from pipeline.train import TrainConfig, Trainer
+
+GBDT_MODELS = ("lightgbm", "lightgbm_flat")
+ALL_MODELS = GNN_MODELS + GBDT_MODELS
+DEFAULT_MODELS = ALL_MODELS
+
+
+@dataclass
+class RunContext:
+    """Where a model run reads and writes, and who it reports to."""
+
+    paths: DataPaths
+    tracker: Tracker | None = None
+    dagster_run_id: str = "local"
+    log: Callable[[str], None] = print
+    progress: bool = True
+    extra_tags: dict[str, str] = field(default_factory=dict)
+
+
+def _summary(values: list[float]) -> dict[str, float]:
+    finite = [v for v in values if not math.isnan(v)]
+    if not finite:
+        return {"mean": float("nan"), "std": float("nan")}
+    return {"mean": statistics.fmean(finite),
+            "std": statistics.stdev(finite) if len(finite) > 1 else 0.0}
+
+
+def _plots(task: TaskSpec, out_dir: Path, history: list[dict], y_true, scores) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    if history:
+        paths.append(plot_curves(history, task.metric, out_dir / "curves.png"))
+    if task.type == "binary_classification":
+        paths.append(plot_roc_pr(np.asarray(y_true), np.asarray(scores), out_dir / "roc_pr.png"))
+    elif task.type == "regression":
+        paths.append(plot_pred_vs_true(np.asarray(y_true), np.asarray(scores),
+                                       out_dir / "pred_vs_true.png"))
+    return [Path(p) for p in paths]
+
+
+def run_model(connect: Callable[[], ContextManager[duckdb.DuckDBPyConnection]],
+              spec: DatasetSpec, task: TaskSpec, graph: GraphArtifact, model: str,
+              config: TrainConfig, ctx: RunContext, seeds: int = 1, gbdt_config=None) -> dict:
+    """Train `model` with seeds config.seed .. config.seed+seeds-1; return the result dict.
+
+    `connect()` opens the warehouse; graph models hold it only while reading their
+    examples, so a long training run does not keep other writers waiting.
+    """
+    if model not in ALL_MODELS:
+        raise ValueError(f"unknown model '{model}'; choose from {', '.join(ALL_MODELS)}")
+    experiment_id = parent_id = None
+    if ctx.tracker is not None:
+        ctx.tracker.check()
+        experiment_id = ctx.tracker.experiment(spec.name, task.name)
+        parent_id = ctx.tracker.parent_run(experiment_id, ctx.dagster_run_id,
+                                           {"dataset": spec.name, "task": task.name,
+                                            "graph_hash": graph.hash, **ctx.extra_tags})
+    with connect() as con:
+        cuts = task_cutoffs(con, spec, task)
+        if model in GNN_MODELS:
+            splits = {s: load_examples(con, task, s) for s in ("train", "val", "test")}
+    if model in GNN_MODELS:
+        # The training graph holds no row after the test cutoff (rules of time).
+        train_data = graph.truncate(cuts.test)
+    runs = []
+    for i in range(seeds):
+        seed = config.seed + i
+        t0 = time.perf_counter()
+        out_dir = ctx.paths.results / spec.name / task.name / model / f"seed{seed}"
+        if model in GNN_MODELS:
+            cfg = replace(config, model=model, seed=seed)
+            trainer = Trainer(train_data, graph.feature_meta, task, splits, cfg,
+                              ctx.paths.checkpoints / spec.name / task.name / model,
+                              progress=ctx.progress, log=ctx.log)
+            res = trainer.fit()
+            params = {**asdict(cfg), "num_parameters": res.num_parameters}
+            val_m, test_m, history = res.val_metrics, res.test_metrics, res.history
+            y_true, scores, throughput = res.test_true, res.test_scores, res.train_seeds_per_s
+            checkpoint = res.checkpoint
+        else:
+            from pipeline.models.gbdt import GBDTConfig, train_gbdt
+
+            gcfg = replace(gbdt_config or GBDTConfig(), seed=seed)
+            with connect() as con:
+                res = train_gbdt(con, spec, task, flat=(model == "lightgbm_flat"), config=gcfg)
+            params = asdict(gcfg)
+            val_m, test_m = res.val_metrics, res.test_metrics
+            history = [{"epoch": r.get("round", k + 1), f"val_{task.metric}": r[f"val_{task.metric}"]}
+                       for k, r in enumerate(res.history)] if res.history else []
+            y_true, scores, throughput, checkpoint = res.test_true, res.test_pred, float("nan"), ""
+        seconds = time.perf_counter() - t0
+        plots = _plots(task, out_dir, history, y_true, scores)
+        metrics = {**{f"val_{k}": v for k, v in val_m.items()},
+                   **{f"test_{k}": v for k, v in test_m.items()}}
+        run_id = None
+        if ctx.tracker is not None:
+            run_id = ctx.tracker.log_model_run(
+                experiment_id, parent_id, model=model,
+                params={**params, "graph_hash": graph.hash, "git_commit": git_commit() or "",
+                        "seed": seed},
+                history=history, metrics={**metrics, "train_seconds": seconds},
+                tags={"dataset": spec.name, "task": task.name, "graph_hash": graph.hash,
+                      "dagster_run_id": ctx.dagster_run_id, **ctx.extra_tags},
+                artifacts=plots)
+        ctx.log(f"{task.name}/{model} seed {seed}: val_{task.metric}={val_m.get(task.metric):.4f} "
+                f"test_{task.metric}={test_m.get(task.metric):.4f} ({seconds:.1f}s)")
+        runs.append({"seed": seed, "metrics": metrics, "seconds": seconds, "mlflow_run_id": run_id,
+                     "train_seeds_per_s": throughput, "checkpoint": checkpoint,
+                     "plots": [str(p) for p in plots]})
+    keys = sorted({k for r in runs for k in r["metrics"]})
+    result = {
+        "dataset": spec.name, "task": task.name, "model": model, "metric": task.metric,
+        "dagster_run_id": ctx.dagster_run_id, "graph_hash": graph.hash,
+        "experiment": f"relgraph/{spec.name}/{task.name}", "mlflow_parent_run_id": parent_id,
+        "runs": runs,
+        "summary": {k: _summary([r["metrics"].get(k, float("nan")) for r in runs]) for k in keys},
+    }
+    path = ctx.paths.results / spec.name / task.name / f"{model}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2, default=float))
+    return result
+
+
+def load_results(paths: DataPaths, dataset: str, task: str, run_id: str | None = None) -> dict[str, dict]:
+    """The latest result per model (only those of one Dagster run when run_id is given)."""
+    out = {}
+    for f in sorted((paths.results / dataset / task).glob("*.json")):
+        res = json.loads(f.read_text())
+        if run_id is None or res.get("dagster_run_id") == run_id:
+            out[res["model"]] = res
+    return out

@@ -1,0 +1,157 @@
+"""MLflow tracking: one experiment per dataset and task, one parent run per Dagster run,
+one nested run per trained model.
+
+Names follow the design's contract: experiment `relgraph/<dataset>/<task>`, params
+`model`, metrics `val_<metric>` / `test_<metric>` and per-epoch `train_loss` and
+`val_<metric>` with step=epoch, tags `dagster_run_id`, `dataset`, `task`, `graph_hash`.
+The client API is used throughout (no global active run), so tracking is safe to call
+from any process and leaves no state behind.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import time
+import urllib.parse
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.paths import DataPaths
+
+
+class TrackingError(RuntimeError):
+    """MLflow cannot be reached or refused a write; the message names the URI."""
+
+
+def redact(uri: str) -> str:
+    """The URI with any password replaced, for messages and logs."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+    return uri
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=5, cwd=Path(__file__).resolve().parent)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+@dataclass
+class Tracker:
+    tracking_uri: str
+    artifact_root: Path | None = None
+
+    @classmethod
+    def default(cls, paths: DataPaths | None = None) -> "Tracker":
+        """$MLFLOW_TRACKING_URI if set, else the sqlite store under the data directory."""
+        paths = paths or DataPaths.from_env()
+        uri = os.environ.get("MLFLOW_TRACKING_URI")
+        if uri:
+            return cls(uri)
+        return cls(paths.mlflow_uri(), paths.mlflow / "artifacts")
+
+    @property
+    def client(self):
+        from mlflow.tracking import MlflowClient
+
+        if self.tracking_uri.startswith("sqlite:///"):
+            Path(self.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        return MlflowClient(tracking_uri=self.tracking_uri)
+
+    def check(self) -> None:
+        """Fail fast, before any training, when the tracking server cannot be used."""
+        if self.tracking_uri.startswith("file:") or "://" not in self.tracking_uri:
+            raise TrackingError(f"MLflow tracking URI {redact(self.tracking_uri)} is a file store, "
+                                "which MLflow 3 refuses; use sqlite:///path/mlflow.db or http://host:port")
+        if self.tracking_uri.startswith(("http://", "https://")):
+            import urllib.request
+
+            try:
+                urllib.request.urlopen(self.tracking_uri.rstrip("/") + "/health", timeout=10).read()
+            except OSError as exc:
+                raise TrackingError(f"MLflow tracking server {redact(self.tracking_uri)} is not "
+                                    f"reachable ({exc}); start it or set MLFLOW_TRACKING_URI") from None
+        try:
+            self.client.search_experiments(max_results=1)
+        except Exception as exc:  # MLflow raises many types; all mean "cannot use this store"
+            raise TrackingError(f"MLflow tracking store {redact(self.tracking_uri)} cannot be used: "
+                                f"{str(exc).splitlines()[0]}") from None
+
+    def experiment(self, dataset: str, task: str) -> str:
+        name = f"relgraph/{dataset}/{task}"
+        client = self.client
+        exp = client.get_experiment_by_name(name)
+        if exp is not None:
+            return exp.experiment_id
+        location = None
+        if self.artifact_root is not None:
+            location = (self.artifact_root / dataset / task).resolve().as_uri()
+        return client.create_experiment(name, artifact_location=location)
+
+    def parent_run(self, experiment_id: str, dagster_run_id: str, tags: dict[str, str]) -> str:
+        """The run standing for one Dagster run; created on first use, then reused."""
+        client = self.client
+        found = client.search_runs([experiment_id],
+                                   f"tags.dagster_run_id = '{dagster_run_id}' "
+                                   "and tags.relgraph_role = 'parent'", max_results=1)
+        if found:
+            return found[0].info.run_id
+        run = client.create_run(experiment_id, run_name=f"dagster-{dagster_run_id[:8]}",
+                                tags={**tags, "dagster_run_id": dagster_run_id,
+                                      "relgraph_role": "parent"})
+        return run.info.run_id
+
+    def log_model_run(self, experiment_id: str, parent_id: str, *, model: str, params: dict,
+                      history: list[dict], metrics: dict[str, float], tags: dict[str, str],
+                      artifacts: list[Path] = ()) -> str:
+        """One nested run: params, per-epoch curves, final metrics, artifacts."""
+        from mlflow.entities import Metric, Param, RunTag
+
+        client = self.client
+        run = client.create_run(experiment_id, run_name=model,
+                                tags={**tags, "mlflow.parentRunId": parent_id,
+                                      "relgraph_role": "model"})
+        run_id = run.info.run_id
+        now = int(time.time() * 1000)
+        all_params = {"model": model, **params}
+        epoch_metrics = [Metric(k, float(v), now, int(row["epoch"])) for row in history
+                         for k, v in row.items() if k != "epoch" and _finite(v)]
+        final = [Metric(k, float(v), now, 0) for k, v in metrics.items() if _finite(v)]
+        ps = [Param(k, str(v)[:6000]) for k, v in all_params.items()]
+        try:
+            for i in range(0, max(len(ps), 1), 100):
+                client.log_batch(run_id, params=ps[i:i + 100])
+            for i in range(0, len(epoch_metrics) + len(final), 1000):
+                client.log_batch(run_id, metrics=(epoch_metrics + final)[i:i + 1000])
+            client.log_batch(run_id, tags=[RunTag("model", model)])
+            for path in artifacts:
+                client.log_artifact(run_id, str(path))
+        except Exception:
+            client.set_terminated(run_id, "FAILED")
+            raise
+        client.set_terminated(run_id, "FINISHED")
+        return run_id
+
+    def log_parent(self, run_id: str, metrics: dict[str, float], artifacts: list[Path] = (),
+                   finish: bool = False) -> None:
+        from mlflow.entities import Metric
+
+        client = self.client
+        now = int(time.time() * 1000)
+        client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0)
+                                          for k, v in metrics.items() if _finite(v)])
+        for path in artifacts:
+            client.log_artifact(run_id, str(path))
+        if finish:
+            client.set_terminated(run_id, "FINISHED")
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and not math.isnan(float(v)) and not math.isinf(float(v))

@@ -1,0 +1,315 @@
+"""Training loop for the graph models: device, AMP, early stopping, checkpoints, resume.
+
+Every epoch is a pure function of (seed, epoch, weights at its start): its shuffle, its
+neighbour samples and its dropout masks are seeded from (seed, epoch). So a run killed in
+the middle of epoch k resumes from the checkpoint written after epoch k-1 and ends with
+the same weights, and the same metrics, as a run that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from pipeline.evaluate import compute_metrics
+from pipeline.models import ModelConfig, build_model
+from pipeline.models.heads import TaskHead
+from pipeline.sampling import make_loader
+from pipeline.spec import TaskSpec
+from pipeline.tasks import Examples
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of one graph-model training run (every field has a working default)."""
+
+    model: str = "sage"
+    hidden: int = 64
+    layers: int = 2
+    fanouts: tuple[int, ...] = (16, 8)
+    epochs: int = 12
+    batch_size: int = 512
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    dropout: float = 0.1
+    heads: int = 4
+    patience: int = 4
+    seed: int = 0
+    device: str = "auto"
+    strategy: str = "uniform"
+    max_steps_per_epoch: int = 0   # 0: the whole training split every epoch
+    amp: bool = True               # bf16 autocast, on CUDA only
+
+    def key(self) -> str:
+        """A short hash naming this configuration (checkpoints are per configuration)."""
+        blob = json.dumps(asdict(self), sort_keys=True, default=list).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+
+@dataclass
+class TrainResult:
+    model: str
+    config: dict
+    val_metrics: dict[str, float]
+    test_metrics: dict[str, float]
+    best_epoch: int
+    history: list[dict]
+    seconds: float
+    train_seeds_per_s: float
+    checkpoint: str
+    num_parameters: int
+    val_scores: np.ndarray = field(repr=False, default=None)
+    test_scores: np.ndarray = field(repr=False, default=None)
+    val_true: object = field(repr=False, default=None)
+    test_true: object = field(repr=False, default=None)
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device '{name}' requested but CUDA is not available here")
+    return device
+
+
+class Predictor(nn.Module):
+    """A graph model (seed embeddings [B, hidden]) followed by the task head."""
+
+    def __init__(self, encoder: nn.Module, head: nn.Module):
+        super().__init__()
+        self.encoder = encoder
+        self.head = head
+
+    def forward(self, batch) -> torch.Tensor:
+        return self.head(self.encoder(batch))
+
+
+def build_predictor(config: TrainConfig, feature_meta: dict, metadata, task: TaskSpec,
+                    num_targets: int | None = None, num_classes: int | None = None) -> Predictor:
+    model_cfg = ModelConfig(hidden=config.hidden, layers=config.layers, dropout=config.dropout,
+                            heads=config.heads)
+    encoder = build_model(config.model, feature_meta, metadata, task.entity_table, model_cfg)
+    head = TaskHead(task.type, config.hidden, num_classes=num_classes, num_targets=num_targets)
+    return Predictor(encoder, head)
+
+
+def _link_targets(ex: Examples, idx: torch.Tensor, num_targets: int) -> torch.Tensor:
+    """Multi-hot [len(idx), num_targets] of each example's true targets (no per-row loop)."""
+    start, end = ex.target_ptr[idx], ex.target_ptr[idx + 1]
+    counts = end - start
+    rows = torch.repeat_interleave(torch.arange(idx.numel()), counts)
+    offsets = torch.arange(int(counts.sum())) - torch.repeat_interleave(counts.cumsum(0) - counts, counts)
+    cols = ex.target_ids[torch.repeat_interleave(start, counts) + offsets]
+    out = torch.zeros(idx.numel(), num_targets)
+    out[rows, cols] = 1.0
+    return out
+
+
+def link_truth(ex: Examples) -> list[np.ndarray]:
+    """True target ids per example, as the metric functions take them."""
+    ptr, ids = ex.target_ptr.numpy(), ex.target_ids.numpy()
+    return np.split(ids, ptr[1:-1])
+
+
+class Trainer:
+    """Trains one model on one task; `fit` returns a TrainResult."""
+
+    def __init__(self, data, feature_meta: dict, task: TaskSpec, splits: dict[str, Examples],
+                 config: TrainConfig, checkpoint_dir: Path, progress: bool = True,
+                 log: Callable[[str], None] | None = None):
+        self.task, self.splits, self.config = task, splits, config
+        self.device = resolve_device(config.device)
+        self.data = data.to(self.device)
+        self.progress, self.log = progress, log or (lambda msg: None)
+        self.checkpoint_dir = Path(checkpoint_dir)
+        self.num_targets = (self.data[task.target_table].num_nodes
+                            if task.type == "link_prediction" else None)
+        num_classes = None
+        if task.type == "multiclass_classification":
+            num_classes = task.num_classes or int(splits["train"].label.max()) + 1
+        torch.manual_seed(config.seed)
+        self.model = build_predictor(config, feature_meta, self.data.metadata(), task,
+                                     self.num_targets, num_classes).to(self.device)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr,
+                                           weight_decay=config.weight_decay)
+        # Regression targets are standardized with train statistics for a stable loss.
+        if task.type == "regression":
+            y = splits["train"].label
+            self.y_mean, self.y_std = float(y.mean()), float(y.std().clamp_min(1e-6))
+        else:
+            self.y_mean, self.y_std = 0.0, 1.0
+
+    # -- batches --------------------------------------------------------------
+    def _loader(self, ex: Examples, shuffle: bool, seed: int):
+        return make_loader(self.data, self.task.entity_table, ex.entity.to(self.device),
+                           ex.cutoff.to(self.device), list(self.config.fanouts),
+                           batch_size=self.config.batch_size, shuffle=shuffle,
+                           strategy=self.config.strategy, seed=seed)
+
+    def _autocast(self):
+        enabled = self.config.amp and self.device.type == "cuda"
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
+
+    def _loss(self, out: torch.Tensor, ex: Examples, idx: torch.Tensor) -> torch.Tensor:
+        out = out.float()
+        if self.task.type == "binary_classification":
+            return nn.functional.binary_cross_entropy_with_logits(out, ex.label[idx].to(out.device))
+        if self.task.type == "multiclass_classification":
+            return nn.functional.cross_entropy(out, ex.label[idx].to(out.device))
+        if self.task.type == "regression":
+            y = (ex.label[idx].to(out.device) - self.y_mean) / self.y_std
+            if self.task.metric == "mae":
+                return nn.functional.l1_loss(out, y)
+            return nn.functional.mse_loss(out, y)
+        target = _link_targets(ex, idx.cpu(), self.num_targets).to(out.device)
+        return nn.functional.binary_cross_entropy_with_logits(out, target)
+
+    # -- epochs ---------------------------------------------------------------
+    def _train_epoch(self, epoch: int) -> tuple[float, int]:
+        seed = self.config.seed * 100_003 + epoch
+        torch.manual_seed(seed)
+        self.model.train()
+        ex = self.splits["train"]
+        loader = self._loader(ex, shuffle=True, seed=seed)
+        total, seen, steps = 0.0, 0, 0
+        bar = tqdm(loader, desc=f"{self.config.model} epoch {epoch}", leave=False,
+                   disable=not self.progress, unit="batch")
+        for batch in bar:
+            batch = batch.to(self.device)
+            idx = batch[self.task.entity_table].input_id.cpu()
+            with self._autocast():
+                out = self.model(batch)
+            loss = self._loss(out, ex, idx)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+            self.optimizer.step()
+            total += float(loss) * idx.numel()
+            seen += idx.numel()
+            steps += 1
+            bar.set_postfix(loss=f"{total / seen:.4f}")
+            if self.config.max_steps_per_epoch and steps >= self.config.max_steps_per_epoch:
+                break
+        return total / max(seen, 1), seen
+
+    @torch.no_grad()
+    def predict(self, ex: Examples, data=None) -> np.ndarray:
+        """Scores for every example, in order: probabilities, values, class probabilities,
+        or [n, num_targets] link scores. Sampling uses a fixed seed, so repeatable."""
+        self.model.eval()
+        saved = self.data
+        if data is not None:
+            self.data = data.to(self.device)
+        try:
+            loader = self._loader(ex, shuffle=False, seed=self.config.seed)
+            outs = []
+            for batch in loader:
+                batch = batch.to(self.device)
+                with self._autocast():
+                    outs.append(self.model(batch).float().cpu())
+        finally:
+            self.data = saved
+        out = torch.cat(outs) if outs else torch.empty(0)
+        if self.task.type == "binary_classification":
+            out = torch.sigmoid(out)
+        elif self.task.type == "multiclass_classification":
+            out = torch.softmax(out, -1)
+        elif self.task.type == "regression":
+            out = out * self.y_std + self.y_mean
+        return out.numpy()
+
+    def truth(self, ex: Examples):
+        if self.task.type == "link_prediction":
+            return link_truth(ex)
+        return ex.label.numpy()
+
+    def evaluate(self, split: str) -> tuple[dict[str, float], np.ndarray]:
+        ex = self.splits[split]
+        scores = self.predict(ex)
+        return compute_metrics(self.task.type, self.truth(ex), scores), scores
+
+    def _better(self, new: float, best: float | None) -> bool:
+        if best is None or (isinstance(best, float) and math.isnan(best)):
+            return not math.isnan(new)
+        return new < best if self.task.lower_is_better else new > best
+
+    # -- checkpoints ----------------------------------------------------------
+    def _ckpt_path(self, name: str) -> Path:
+        return self.checkpoint_dir / self.config.key() / name
+
+    def _save(self, name: str, state: dict) -> None:
+        path = self._ckpt_path(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, path)  # atomic: a kill mid-save leaves the previous checkpoint
+
+    def _load(self, name: str) -> dict | None:
+        path = self._ckpt_path(name)
+        if not path.exists():
+            return None
+        return torch.load(path, map_location=self.device, weights_only=True)
+
+    def fit(self) -> TrainResult:
+        cfg, metric = self.config, self.task.metric
+        start_epoch, history, best, best_epoch, bad = 1, [], None, 0, 0
+        state = self._load("last.pt")
+        if state is not None:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            start_epoch, history = state["epoch"] + 1, json.loads(state["history"])
+            best, best_epoch, bad = state["best"], state["best_epoch"], state["bad"]
+            self.log(f"resuming {cfg.model} from epoch {state['epoch']} ({self._ckpt_path('last.pt')})")
+        t0, train_seen, train_time = time.perf_counter(), 0, 0.0
+        for epoch in range(start_epoch, cfg.epochs + 1):
+            if bad >= cfg.patience:
+                break
+            te = time.perf_counter()
+            loss, seen = self._train_epoch(epoch)
+            train_time += time.perf_counter() - te
+            train_seen += seen
+            val_metrics, _ = self.evaluate("val")
+            value = val_metrics[metric]
+            history.append({"epoch": epoch, "train_loss": loss, f"val_{metric}": value})
+            if self._better(value, best):
+                best, best_epoch, bad = value, epoch, 0
+                self._save("best.pt", {"model": self.model.state_dict(), "epoch": epoch})
+            else:
+                bad += 1
+            self._save("last.pt", {"model": self.model.state_dict(),
+                                   "optimizer": self.optimizer.state_dict(), "epoch": epoch,
+                                   "history": json.dumps(history), "best": best,
+                                   "best_epoch": best_epoch, "bad": bad})
+            self.log(f"{cfg.model} epoch {epoch}: train_loss={loss:.4f} val_{metric}={value:.4f}"
+                     f"{' (best)' if best_epoch == epoch else ''}")
+        best_state = self._load("best.pt")
+        if best_state is not None:
+            self.model.load_state_dict(best_state["model"])
+        val_metrics, val_scores = self.evaluate("val")
+        test_metrics, test_scores = self.evaluate("test")
+        return TrainResult(
+            model=cfg.model, config=asdict(cfg), val_metrics=val_metrics,
+            test_metrics=test_metrics, best_epoch=best_epoch, history=history,
+            seconds=time.perf_counter() - t0,
+            train_seeds_per_s=train_seen / train_time if train_time else float("nan"),
+            checkpoint=str(self._ckpt_path("best.pt")),
+            num_parameters=sum(p.numel() for p in self.model.parameters()),
+            val_scores=val_scores, test_scores=test_scores,
+            val_true=self.truth(self.splits["val"]), test_true=self.truth(self.splits["test"]))
+
+
+def epoch_seconds(ts: datetime) -> int:
+    return int(ts.timestamp()) if ts.tzinfo else int((ts - datetime(1970, 1, 1)).total_seconds())
