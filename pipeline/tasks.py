@@ -97,7 +97,8 @@ def _run_select(con, sql: str, where: str, required: list[str]) -> str:
     have = [r[0] for r in con.execute("DESCRIBE _task_out").fetchall()]
     missing = [c for c in required if c not in have]
     if missing:
-        hints = "; ".join(f"'{m}' missing{_suggest(m, have)}" for m in missing)
+        hints = "; ".join(f"'{m}' missing" + _suggest(m, have).replace("did you mean", "is it")
+                          for m in missing)
         raise TaskError(f"{where}: must return columns {', '.join(required)}; "
                         f"it returned {', '.join(have)} ({hints})")
     return "_task_out"
@@ -124,7 +125,7 @@ def build_task_table(con: duckdb.DuckDBPyConnection, spec: DatasetSpec, task: Ta
         raise TaskError(f"{where}: {unmatched} rows name {entity.name} keys that are not in the "
                         f"table ({', '.join(keys)})")
     if link:
-        label_expr = "t.__id AS __target_id"
+        label_expr = f"o.{q(tkey)}, t.__id AS __target_id"
         join_t = f"JOIN {q(target.name)} t ON o.{q(tkey)} = t.{q(tkey)}"
     else:
         cast = "DOUBLE" if task.type == "regression" else "INTEGER"
@@ -210,25 +211,25 @@ class Examples:
 def load_examples(con: duckdb.DuckDBPyConnection, task: TaskSpec, split: str) -> Examples:
     """Read one split of `task_<name>` (or `live`, the scoring set) into tensors."""
     if split == "live":
-        tbl = con.execute(f"""SELECT __entity_id, epoch(cutoff)::BIGINT AS t
-                              FROM {q(f'task_{task.name}_live')} ORDER BY __entity_id""").to_arrow_table()
+        tbl = con.sql(f"""SELECT __entity_id, epoch(cutoff)::BIGINT AS t
+                          FROM {q(f'task_{task.name}_live')} ORDER BY __entity_id""").to_arrow_table()
         return Examples(_tensor(tbl, "__entity_id"), _tensor(tbl, "t"), None)
     name = q(f"task_{task.name}")
     if task.type == "link_prediction":
-        tbl = con.execute(f"""SELECT __entity_id, epoch(cutoff)::BIGINT AS t,
-                                     list(__target_id ORDER BY __target_id) AS targets
-                              FROM {name} WHERE split = ? GROUP BY ALL
-                              ORDER BY t, __entity_id""", [split]).to_arrow_table()
+        tbl = con.sql(f"""SELECT __entity_id, epoch(cutoff)::BIGINT AS t,
+                                 list(__target_id ORDER BY __target_id) AS targets
+                          FROM {name} WHERE split = ? GROUP BY ALL
+                          ORDER BY t, __entity_id""", params=[split]).to_arrow_table()
         lists = tbl.column("targets").combine_chunks()
         ptr = torch.from_numpy(np.asarray(lists.offsets).astype(np.int64))
         ids = torch.from_numpy(np.asarray(lists.values).astype(np.int64))
         return Examples(_tensor(tbl, "__entity_id"), _tensor(tbl, "t"), None, ptr, ids)
-    tbl = con.execute(f"""SELECT __entity_id, epoch(cutoff)::BIGINT AS t, label FROM {name}
-                          WHERE split = ? ORDER BY t, __entity_id""", [split]).to_arrow_table()
-    label = torch.from_numpy(tbl.column("label").to_numpy())
+    tbl = con.sql(f"""SELECT __entity_id, epoch(cutoff)::BIGINT AS t, label FROM {name}
+                      WHERE split = ? ORDER BY t, __entity_id""", params=[split]).to_arrow_table()
+    label = torch.from_numpy(np.array(tbl.column("label").to_numpy()))
     label = label.long() if task.type == "multiclass_classification" else label.float()
     return Examples(_tensor(tbl, "__entity_id"), _tensor(tbl, "t"), label)
 
 
 def _tensor(tbl, col: str) -> torch.Tensor:
-    return torch.from_numpy(tbl.column(col).to_numpy().astype(np.int64, copy=False))
+    return torch.from_numpy(tbl.column(col).to_numpy().astype(np.int64))
