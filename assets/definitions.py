@@ -15,7 +15,10 @@ import dagster as dg
 from assets.evaluation import evaluation_assets
 from assets.extract import extract_assets
 from assets.graphs import graph_asset
+from assets.jobs import nightly_job
 from assets.resources import default_resources
+from assets.schedules import nightly_schedule
+from assets.sensors import new_data_sensor, run_failure_alert
 from assets.tasks import task_assets
 from assets.training import training_assets
 from pipeline.spec import DatasetSpec, load_spec
@@ -38,7 +41,11 @@ def dataset_assets(spec: DatasetSpec) -> list:
 def build_definitions(specs: list[DatasetSpec] | None = None) -> dg.Definitions:
     specs = specs if specs is not None else [load_spec(p) for p in dataset_paths()]
     assets = [a for spec in specs for a in dataset_assets(spec)]
-    return dg.Definitions(assets=assets, resources=default_resources())
+    jobs = {spec.name: nightly_job(spec) for spec in specs}
+    return dg.Definitions(
+        assets=assets, resources=default_resources(), jobs=list(jobs.values()),
+        schedules=[nightly_schedule(j) for j in jobs.values()],
+        sensors=[new_data_sensor(spec, jobs[spec.name]) for spec in specs] + [run_failure_alert])
 
 
 defs = build_definitions()
