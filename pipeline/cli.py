@@ -150,6 +150,7 @@ def cmd_ui(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    sys.path.insert(0, str(REPO))  # bench/ lives beside the packages, not inside them
     from bench.run import main as bench_main
 
     return bench_main(["--quick"] if args.quick else [])

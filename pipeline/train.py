@@ -14,7 +14,6 @@ import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
@@ -137,12 +136,12 @@ class Trainer:
         self.checkpoint_dir = Path(checkpoint_dir)
         self.num_targets = (self.data[task.target_table].num_nodes
                             if task.type == "link_prediction" else None)
-        num_classes = None
+        self.num_classes = None
         if task.type == "multiclass_classification":
-            num_classes = task.num_classes or int(splits["train"].label.max()) + 1
+            self.num_classes = task.num_classes or int(splits["train"].label.max()) + 1
         torch.manual_seed(config.seed)
         self.model = build_predictor(config, feature_meta, self.data.metadata(), task,
-                                     self.num_targets, num_classes).to(self.device)
+                                     self.num_targets, self.num_classes).to(self.device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr,
                                            weight_decay=config.weight_decay)
         # Regression targets are standardized with train statistics for a stable loss.
@@ -205,31 +204,10 @@ class Trainer:
                 break
         return total / max(seen, 1), seen
 
-    @torch.no_grad()
     def predict(self, ex: Examples, data=None) -> np.ndarray:
-        """Scores for every example, in order: probabilities, values, class probabilities,
-        or [n, num_targets] link scores. Sampling uses a fixed seed, so repeatable."""
-        self.model.eval()
-        saved = self.data
-        if data is not None:
-            self.data = data.to(self.device)
-        try:
-            loader = self._loader(ex, shuffle=False, seed=self.config.seed)
-            outs = []
-            for batch in loader:
-                batch = batch.to(self.device)
-                with self._autocast():
-                    outs.append(self.model(batch).float().cpu())
-        finally:
-            self.data = saved
-        out = torch.cat(outs) if outs else torch.empty(0)
-        if self.task.type == "binary_classification":
-            out = torch.sigmoid(out)
-        elif self.task.type == "multiclass_classification":
-            out = torch.softmax(out, -1)
-        elif self.task.type == "regression":
-            out = out * self.y_std + self.y_mean
-        return out.numpy()
+        """Scores for every example of `ex`, in order (see `predict_scores`)."""
+        return predict_scores(self.model, self.data if data is None else data, self.task, ex,
+                              self.config, self.device, self.y_mean, self.y_std)
 
     def truth(self, ex: Examples):
         if self.task.type == "link_prediction":
@@ -286,7 +264,10 @@ class Trainer:
             history.append({"epoch": epoch, "train_loss": loss, f"val_{metric}": value})
             if self._better(value, best):
                 best, best_epoch, bad = value, epoch, 0
-                self._save("best.pt", {"model": self.model.state_dict(), "epoch": epoch})
+                self._save("best.pt", {"model": self.model.state_dict(), "epoch": epoch,
+                                       "config": json.dumps(asdict(cfg)), "y_mean": self.y_mean,
+                                       "y_std": self.y_std, "num_targets": self.num_targets or 0,
+                                       "num_classes": self.num_classes or 0})
             else:
                 bad += 1
             self._save("last.pt", {"model": self.model.state_dict(),
@@ -311,5 +292,41 @@ class Trainer:
             val_true=self.truth(self.splits["val"]), test_true=self.truth(self.splits["test"]))
 
 
-def epoch_seconds(ts: datetime) -> int:
-    return int(ts.timestamp()) if ts.tzinfo else int((ts - datetime(1970, 1, 1)).total_seconds())
+@torch.no_grad()
+def predict_scores(model: nn.Module, data, task: TaskSpec, ex: Examples, config: TrainConfig,
+                   device: torch.device, y_mean: float = 0.0, y_std: float = 1.0) -> np.ndarray:
+    """Scores for every example, in order: probabilities (binary), values (regression),
+    class probabilities [n, C] (multiclass) or link scores [n, num_targets]. Sampling
+    uses the config's seed, so scoring twice gives the same numbers."""
+    model.eval()
+    data = data.to(device)
+    loader = make_loader(data, task.entity_table, ex.entity.to(device), ex.cutoff.to(device),
+                         list(config.fanouts), batch_size=config.batch_size, shuffle=False,
+                         strategy=config.strategy, seed=config.seed)
+    amp = config.amp and device.type == "cuda"
+    outs = []
+    for batch in loader:
+        batch = batch.to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            outs.append(model(batch).float().cpu())
+    out = torch.cat(outs) if outs else torch.empty(0)
+    if task.type == "binary_classification":
+        out = torch.sigmoid(out)
+    elif task.type == "multiclass_classification":
+        out = torch.softmax(out, -1)
+    elif task.type == "regression":
+        out = out * y_std + y_mean
+    return out.numpy()
+
+
+def load_predictor(checkpoint: str | Path, feature_meta: dict, metadata, task: TaskSpec,
+                   device: torch.device | None = None):
+    """Rebuild a trained model from its best.pt: (predictor, config, y_mean, y_std)."""
+    device = device or torch.device("cpu")
+    state = torch.load(checkpoint, map_location=device, weights_only=True)
+    config = TrainConfig(**{**json.loads(state["config"]),
+                            "fanouts": tuple(json.loads(state["config"])["fanouts"])})
+    model = build_predictor(config, feature_meta, metadata, task, int(state["num_targets"]) or None,
+                            int(state["num_classes"]) or None)
+    model.load_state_dict(state["model"])
+    return model.to(device), config, float(state["y_mean"]), float(state["y_std"])
