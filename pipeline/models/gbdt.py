@@ -19,16 +19,20 @@ per foreign-key path, never one per cutoff or per row. Paths that begin by going
 (entity -> parent <- siblings) aggregate once per (parent, cutoff) and are then looked up,
 so a parent with many children is scanned once per cutoff, not once per entity.
 
-Link prediction is a candidate-pair model: for each (entity, cutoff), the candidates
-are the targets the entity interacted with before the cutoff plus the
+Link prediction is a candidate-pair model. Every timed foreign-key path from the entity
+to the target table (bought: customer <- orders <- order_items -> products; reviewed:
+customer <- reviews -> products) is a kind of interaction. For each (entity, cutoff), the
+candidates are the targets the entity interacted with before the cutoff plus the
 `popular_candidates` targets with the most interactions in the last
-`popular_window_days`; a binary model scores (entity, candidate, pair features) and the
-top 10 candidates per entity are the prediction.
+`popular_window_days`; a binary model scores (entity, candidate, pair features: counts
+and recency per kind, popularity, both rows' columns) and the top 10 candidates per
+example are the prediction.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from dataclasses import dataclass, field
 
@@ -42,8 +46,6 @@ from pipeline.spec import LOWER_IS_BETTER, DatasetSpec, ForeignKey, TaskSpec
 
 TOP_K = 10
 _P_CUT, _A_CUT, _C_CUT = 'p."cutoff"', 'a."cutoff"', 'c."cutoff"'
-# Longest foreign-key path searched between a link task's entity and target tables.
-LINK_MAX_PATH = 4
 
 
 @dataclass
@@ -59,12 +61,17 @@ class GBDTConfig:
     seed: int = 0
     max_hops: int = 2
     windows_days: tuple[int, ...] = (30, 90)
-    # LightGBM is bit-reproducible only for a fixed thread count.
-    num_threads: int = 4
+    # LightGBM is bit-reproducible for a fixed thread count; more threads than free cores
+    # make it many times slower (OpenMP threads spin), hence at most the machine's cores.
+    num_threads: int = field(default_factory=lambda: min(4, os.cpu_count() or 1))
     # Categorical values past this many (in order of first appearance) share "missing".
     max_categories: int = 1000
     popular_candidates: int = 100
     popular_window_days: int = 30
+    # Link prediction: every foreign-key path of at most this many steps from the entity
+    # to the target table is a kind of interaction (customer <- orders <- order_items ->
+    # products is 3 steps; customer <- reviews -> products is 2).
+    link_path_hops: int = 3
 
 
 @dataclass
@@ -330,7 +337,8 @@ class _Builder:
         for col in self.columns(end):
             v = col.value(last)
             if col.kind == "integer":  # integer sums are exact, so results are reproducible
-                feats += [_Feature(f"CAST(COALESCE(SUM({v}), 0) AS DOUBLE)", f"{prefix}sum({col.name})"),
+                feats += [_Feature(f"CAST(COALESCE(SUM({v}), 0) AS DOUBLE)",
+                                   f"{prefix}sum({col.name})"),
                           _Feature(f"AVG({v})", f"{prefix}mean({col.name})"),
                           _Feature(f"CAST(MAX({v}) AS DOUBLE)", f"{prefix}max({col.name})")]
             elif col.kind == "float":  # compensated sums: stable under parallel reduction
@@ -385,11 +393,12 @@ class _Builder:
         outer = ", ".join(f"agg.f{i}" for i in range(len(feats)))
         sql = (f"WITH anchor AS (SELECT p.\"__entity_id\", p.\"cutoff\", {prev}.\"__id\" AS __a "
                f"{head}), "
-               f"agg AS (SELECT a.__a, a.\"cutoff\", {select} FROM (SELECT DISTINCT __a, \"cutoff\" "
-               f"FROM anchor WHERE __a IS NOT NULL) AS a {' '.join(joins)} "
+               f"agg AS (SELECT a.__a, a.\"cutoff\", {select} FROM "
+               f"(SELECT DISTINCT __a, \"cutoff\" FROM anchor WHERE __a IS NOT NULL) AS a "
+               f"{' '.join(joins)} "
                f"GROUP BY a.__a, a.\"cutoff\") "
-               f"SELECT anchor.\"__entity_id\", anchor.\"cutoff\", {outer} FROM anchor LEFT JOIN agg "
-               f"ON agg.__a = anchor.__a AND agg.\"cutoff\" = anchor.\"cutoff\"")
+               f"SELECT anchor.\"__entity_id\", anchor.\"cutoff\", {outer} FROM anchor "
+               f"LEFT JOIN agg ON agg.__a = anchor.__a AND agg.\"cutoff\" = anchor.\"cutoff\"")
         return self.run(sql, feats), feats
 
     def entity_features(self, task: TaskSpec, task_table: str, flat: bool
@@ -412,31 +421,38 @@ class _Builder:
 
     # ------------------------------------------------------------ link prediction
 
-    def events_sql(self, task: TaskSpec) -> str:
-        """(__e entity id, __t target id, __time) of every interaction in the warehouse."""
-        paths = [p for p in _paths(self.spec, task.entity_table, LINK_MAX_PATH)
+    def events_sql(self, task: TaskSpec) -> tuple[str, list[str]]:
+        """SQL of (__e entity id, __t target id, __time, __path) for every interaction in the
+        warehouse, and the label of each path (`__path` indexes them).
+
+        Interactions follow every timed foreign-key path from the entity to the target
+        table; paths where no table has a time column are left out (their rows could not be
+        placed before or after a cutoff).
+        """
+        hops = self.config.link_path_hops
+        paths = [p for p in _paths(self.spec, task.entity_table, hops)
                  if p[-1].table == task.target_table]
-        if not paths:
-            raise ValueError(f"task {task.name}: no foreign-key path of at most {LINK_MAX_PATH} "
-                             f"steps links {task.entity_table} to {task.target_table}")
-        shortest = [p for p in paths if len(p) == len(paths[0])]
-        parts = []
-        for steps in shortest:
+        parts, labels = [], []
+        for steps in paths:
+            times = [t for i, s in enumerate(steps) if (t := self.time(f"t{i + 1}", s.table))]
+            if not times:
+                continue
             joins, prev = [], "t0"
             for i, step in enumerate(steps):
                 alias = f"t{i + 1}"
                 joins.append(self.join(step, prev, f"{prev}.\"__id\"", alias, None, how="INNER"))
                 prev = alias
-            times = [t for i, s in enumerate(steps) if (t := self.time(f"t{i + 1}", s.table))]
-            if not times:
-                via = " / ".join(s.label for s in steps)
-                raise ValueError(f"task {task.name}: no table on the path {task.entity_table} / "
-                                 f"{via} has a time column, so interactions have no time")
             ev = times[0] if len(times) == 1 else f"GREATEST({', '.join(times)})"
             where = " AND ".join(f"{t} IS NOT NULL" for t in times)
-            parts.append(f"SELECT t0.\"__id\" AS __e, {prev}.\"__id\" AS __t, {ev} AS __time "
-                         f"FROM {_tbl(task.entity_table)} AS t0 {' '.join(joins)} WHERE {where}")
-        return " UNION ALL ".join(parts)
+            parts.append(f"SELECT t0.\"__id\" AS __e, {prev}.\"__id\" AS __t, {ev} AS __time, "
+                         f"{len(labels)} AS __path FROM {_tbl(task.entity_table)} AS t0 "
+                         f"{' '.join(joins)} WHERE {where}")
+            labels.append(" / ".join(s.label for s in steps))
+        if not parts:
+            raise ValueError(f"task {task.name}: no foreign-key path of at most {hops} steps "
+                             f"with a time column links {task.entity_table} to "
+                             f"{task.target_table} ({len(paths)} untimed path(s) found)")
+        return " UNION ALL ".join(parts), labels
 
     def link_features(self, task: TaskSpec, task_table: str, flat: bool
                       ) -> tuple[pl.DataFrame, list[_Feature]]:
@@ -444,22 +460,32 @@ class _Builder:
         cfg = self.config
         key_list = ", ".join(q(k) for k in keys)
         windows = sorted({7, cfg.popular_window_days, *map(int, cfg.windows_days)})
-        pop_cols = ", ".join(
-            f"COUNT(*) FILTER (WHERE e.__time > c.\"cutoff\" - INTERVAL {d} DAY) AS pop_{d}"
-            for d in windows)
+        popular_days = int(cfg.popular_window_days)
+        events, paths = self.events_sql(task)
+        recent = "e.__time > c.\"cutoff\" - INTERVAL {} DAY"
+        pop_cols = [f"COUNT(*) FILTER (WHERE {recent.format(d)}) AS pop_{d}" for d in windows]
+        pop_cols += [f"COUNT(*) FILTER (WHERE {recent.format(popular_days)} AND e.__path = {k}) "
+                     f"AS pop_path{k}" for k in range(len(paths))]
+        hist_cols = [f"COUNT(*) FILTER (WHERE e.__path = {k}) AS n{k}, "
+                     f"MAX(e.__time) FILTER (WHERE e.__path = {k}) AS last{k}"
+                     for k in range(len(paths))]
         ctes = [
-            f"events AS ({self.events_sql(task)})",
+            f"events AS ({events})",
             f"ex AS (SELECT DISTINCT {key_list} FROM {_tbl(task_table)})",
             "cut AS (SELECT DISTINCT \"cutoff\" FROM ex)",
-            f"pop AS (SELECT c.\"cutoff\", e.__t, {pop_cols} FROM cut AS c JOIN events AS e "
-            f"ON e.__time <= c.\"cutoff\" AND e.__time > c.\"cutoff\" - INTERVAL {max(windows)} DAY "
+            f"pop AS (SELECT c.\"cutoff\", e.__t, {', '.join(pop_cols)} "
+            "FROM cut AS c JOIN events AS e "
+            f"ON e.__time <= c.\"cutoff\" "
+            f"AND e.__time > c.\"cutoff\" - INTERVAL {max(windows)} DAY "
             "GROUP BY ALL)",
-            f"top AS (SELECT \"cutoff\", __t FROM pop WHERE pop_{cfg.popular_window_days} > 0 "
+            f"top AS (SELECT \"cutoff\", __t FROM pop WHERE pop_{popular_days} > 0 "
             f"QUALIFY row_number() OVER (PARTITION BY \"cutoff\" ORDER BY "
-            f"pop_{cfg.popular_window_days} DESC, __t) <= {int(cfg.popular_candidates)})",
-            "hist AS (SELECT x.\"__entity_id\", x.\"cutoff\", e.__t, COUNT(*) AS n, "
-            "MAX(e.__time) AS last FROM (SELECT DISTINCT \"__entity_id\", \"cutoff\" FROM ex) AS x "
-            "JOIN events AS e ON e.__e = x.\"__entity_id\" AND e.__time <= x.\"cutoff\" GROUP BY ALL)",
+            f"pop_{popular_days} DESC, __t) <= {int(cfg.popular_candidates)})",
+            f"hist AS (SELECT x.\"__entity_id\", x.\"cutoff\", e.__t, COUNT(*) AS n, "
+            f"{', '.join(hist_cols)} "
+            "FROM (SELECT DISTINCT \"__entity_id\", \"cutoff\" FROM ex) AS x "
+            "JOIN events AS e ON e.__e = x.\"__entity_id\" AND e.__time <= x.\"cutoff\" "
+            "GROUP BY x.\"__entity_id\", x.\"cutoff\", e.__t)",
             "act AS (SELECT \"__entity_id\", \"cutoff\", SUM(n) AS n_all, COUNT(*) AS n_targets "
             "FROM hist GROUP BY ALL)",
         ]
@@ -477,10 +503,16 @@ class _Builder:
             "tt", target, _C_CUT, f"target {target}.", f"target {target}: age_days")
         feats, joins = feats + target_feats, joins + target_joins
         if not flat:
+            # One kind of interaction per path (bought, reviewed, returned, ...).
+            for k, via in enumerate(paths):
+                feats += [
+                    _Feature(f"CAST(COALESCE(h.n{k}, 0) AS DOUBLE)", f"pair via {via}: count"),
+                    _Feature(f"(epoch(c.\"cutoff\") - epoch(h.last{k})) / 86400.0",
+                             f"pair via {via}: days_since_last"),
+                    _Feature(f"CAST(COALESCE(pop.pop_path{k}, 0) AS DOUBLE)",
+                             f"target via {via}: count_{popular_days}d"),
+                ]
             feats += [
-                _Feature("CAST(COALESCE(h.n, 0) AS DOUBLE)", "pair: interactions"),
-                _Feature("(epoch(c.\"cutoff\") - epoch(h.last)) / 86400.0",
-                         "pair: days_since_last"),
                 *[_Feature(f"CAST(COALESCE(pop.pop_{d}, 0) AS DOUBLE)",
                            f"target: interactions_{d}d") for d in windows],
                 _Feature("CAST(COALESCE(act.n_all, 0) AS DOUBLE)", "entity: interactions"),
@@ -496,7 +528,8 @@ class _Builder:
         if has_target:
             match = " AND ".join(f"tr.{q(k)} = c.{q(k)}" for k in keys)
             joins.insert(0, f"LEFT JOIN truth AS tr ON {match} AND tr.\"__target_id\" = c.__t")
-        label = ", CAST(tr.\"__target_id\" IS NOT NULL AS INTEGER) AS \"label\"" if has_target else ""
+        label = (", CAST(tr.\"__target_id\" IS NOT NULL AS INTEGER) AS \"label\""
+                 if has_target else "")
         select = "".join(f", {f.sql} AS f{i}" for i, f in enumerate(feats))
         sql = (f"WITH {', '.join(ctes)} "
                f"SELECT {', '.join(f'c.{q(k)}' for k in keys)}, c.__t AS \"__target_id\"{label}"
@@ -518,7 +551,8 @@ class _Builder:
             ).to_arrow_table())
             return frame, None
         table = self.con.sql(
-            f"SELECT {key_list}, list(DISTINCT \"__target_id\" ORDER BY \"__target_id\") AS targets "
+            f"SELECT {key_list}, "
+            f"list(DISTINCT \"__target_id\" ORDER BY \"__target_id\") AS targets "
             f"FROM {_tbl(task_table)} GROUP BY {key_list} ORDER BY {key_list}").to_arrow_table()
         return pl.from_arrow(table.drop_columns(["targets"])), table.column("targets")
 
@@ -698,7 +732,8 @@ def train_gbdt(con, spec: DatasetSpec, task: TaskSpec | str, flat: bool,
         params["num_class"] = task.num_classes or int(labels.max()) + 1
     if task.type == "link_prediction" and train.y.sum() == 0:
         warnings.warn(f"task {task.name}: no true target is among the train candidates "
-                      f"({len(train.y)} pairs); the model cannot learn", MetricWarning, stacklevel=2)
+                      f"({len(train.y)} pairs); the model cannot learn", MetricWarning,
+                      stacklevel=2)
 
     # Early stopping needs the metric to be defined on val (AUROC needs both classes).
     with warnings.catch_warnings():
@@ -737,7 +772,10 @@ def train_gbdt(con, spec: DatasetSpec, task: TaskSpec | str, flat: bool,
     val_metrics = compute_metrics(task.type, val.truth, val_pred, split="val")
     test_metrics = compute_metrics(task.type, test.truth, test_pred, split="test")
     curve = evals.get("val", {}).get(metric_name, [])
-    history = [{"epoch": i + 1, f"val_{metric_name}": float(v)} for i, v in enumerate(curve)]
+    # Every entry carries val_<task metric> (NaN when early stopping had to use the loss),
+    # the key the tracking and plotting code reads.
+    history = [{"epoch": i + 1, f"val_{task.metric}": math.nan, f"val_{metric_name}": float(v)}
+               for i, v in enumerate(curve)]
     gains = booster.feature_importance("gain", iteration=best) if names else []
     importances = dict(sorted(zip(names, map(float, gains)), key=lambda kv: -kv[1]))
     return GBDTResult(model, names, val_pred, test_pred, val.truth, test.truth,
