@@ -1,6 +1,5 @@
 """Per task: the comparison of every model trained in this run, as a table and a plot."""
 
-from __future__ import annotations
 
 import dagster as dg
 

@@ -5,7 +5,6 @@ a repaired problem (orphans under `on_orphan: null`) fails its check with WARN s
 a problem that stops the pipeline (duplicate keys under `fail`) with ERROR severity.
 """
 
-from __future__ import annotations
 
 import dagster as dg
 from dagster_duckdb import DuckDBResource

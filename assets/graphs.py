@@ -1,6 +1,5 @@
 """The graph asset: the warehouse as a heterogeneous graph, cached by content hash."""
 
-from __future__ import annotations
 
 import dagster as dg
 from dagster_duckdb import DuckDBResource

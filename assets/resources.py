@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
@@ -15,7 +17,7 @@ class PathsResource(dg.ConfigurableResource):
     data_dir: str = ""
 
     def paths(self) -> DataPaths:
-        return DataPaths.from_env() if not self.data_dir else DataPaths(DataPaths(self.data_dir).root.resolve())
+        return DataPaths.from_env() if not self.data_dir else DataPaths(Path(self.data_dir).resolve())
 
 
 class MLflowResource(dg.ConfigurableResource):

@@ -1,6 +1,5 @@
 """Sensors: new data in a source requests the nightly job; failed runs are recorded and alerted."""
 
-from __future__ import annotations
 
 import hashlib
 import json

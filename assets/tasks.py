@@ -1,6 +1,5 @@
 """One asset per task: the label table at train/val/test cutoffs."""
 
-from __future__ import annotations
 
 import dagster as dg
 from dagster_duckdb import DuckDBResource

@@ -1,6 +1,5 @@
 """One training asset per (task, model); each is launchable from the UI's Launchpad."""
 
-from __future__ import annotations
 
 import dagster as dg
 from dagster_duckdb import DuckDBResource

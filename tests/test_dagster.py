@@ -101,7 +101,7 @@ def test_duplicate_key_is_an_error_check_and_stops(tmp_path):
     assert not result.success
     pk = _checks(result)[("customers", "primary_key")]
     assert not pk.passed and pk.severity == dg.AssetCheckSeverity.ERROR
-    assert "customers.customer_id" in pk.description and "2 rows" in pk.description
+    assert "customers.customer_id" in pk.description and "1 row repeats" in pk.description
 
 
 def test_schedule_and_sensor_request_the_nightly_job(tmp_path, monkeypatch):
@@ -115,7 +115,7 @@ def test_schedule_and_sensor_request_the_nightly_job(tmp_path, monkeypatch):
     with dg.build_schedule_context(scheduled_execution_time=None) as ctx:
         request = schedule.evaluate_tick(ctx).run_requests[0]
     assert request.job_name is None or request.job_name == "shop_nightly"
-    assert defs.get_job_def("shop_nightly") is not None
+    assert defs.resolve_job_def("shop_nightly") is not None
 
     sensor = new_data_sensor(spec, job)
     first = sensor.evaluate_tick(dg.build_sensor_context(cursor=None))
