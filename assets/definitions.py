@@ -16,6 +16,7 @@ from assets.evaluation import evaluation_assets
 from assets.extract import extract_assets
 from assets.graphs import graph_asset
 from assets.jobs import nightly_job
+from assets.predictions import prediction_assets
 from assets.resources import default_resources
 from assets.schedules import nightly_schedule
 from assets.sensors import new_data_sensor, run_failure_alert
@@ -35,7 +36,7 @@ def dataset_paths() -> list[Path]:
 
 def dataset_assets(spec: DatasetSpec) -> list:
     return [*extract_assets(spec), *task_assets(spec), graph_asset(spec),
-            *training_assets(spec), *evaluation_assets(spec)]
+            *training_assets(spec), *evaluation_assets(spec), *prediction_assets(spec)]
 
 
 def build_definitions(specs: list[DatasetSpec] | None = None) -> dg.Definitions:

@@ -77,12 +77,15 @@ def cmd_run(args) -> int:
     if unknown:
         raise SystemExit(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(ALL_MODELS)}")
     keys = [[spec.name, t] for t in spec.tables] + [[spec.name, task.name], [spec.name, "graph"]]
-    keys += [[spec.name, task.name, m] for m in models] + [[spec.name, task.name, "evaluation"]]
+    keys += [[spec.name, task.name, m] for m in models]
+    keys += [[spec.name, task.name, "evaluation"], [spec.name, task.name, "predictions"]]
     import dagster as dg
 
     selection = [dg.AssetKey(k) for k in keys]
-    run_config = {"ops": {_op_name([spec.name, task.name, m]): {"config": {"seeds": args.seeds}}
-                          for m in models}}
+    overrides = {"seeds": args.seeds}
+    if args.epochs:
+        overrides["epochs"] = args.epochs
+    run_config = {"ops": {_op_name([spec.name, task.name, m]): {"config": overrides} for m in models}}
     result = _materialize(spec, selection, run_config)
     report = comparison(DataPaths.from_env(), spec, task, run_id=result.run_id)
     print(f"\n{spec.name} / {task.name}: {task.metric} "
@@ -167,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--models", help="comma-separated; default: every model")
     run.add_argument("--seeds", type=int, default=1)
     run.add_argument("--scale", type=int, help="synthetic source only: number of customers")
+    run.add_argument("--epochs", type=int, help="override the graph models' epoch budget")
     run.set_defaults(func=cmd_run)
 
     graph = sub.add_parser("graph", help="build the warehouse, task tables and graph")

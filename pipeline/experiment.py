@@ -105,7 +105,7 @@ def run_model(connect: Callable[[], ContextManager[duckdb.DuckDBPyConnection]],
             y_true, scores, throughput = res.test_true, res.test_scores, res.train_seeds_per_s
             checkpoint = res.checkpoint
         else:
-            from pipeline.models.gbdt import GBDTConfig, train_gbdt
+            from pipeline.models.gbdt import GBDTConfig, save_gbdt, train_gbdt
 
             gcfg = replace(gbdt_config or GBDTConfig(), seed=seed)
             with connect() as con:
@@ -114,7 +114,9 @@ def run_model(connect: Callable[[], ContextManager[duckdb.DuckDBPyConnection]],
             val_m, test_m = res.val_metrics, res.test_metrics
             history = [{"epoch": r.get("round", k + 1), f"val_{task.metric}": r[f"val_{task.metric}"]}
                        for k, r in enumerate(res.history)] if res.history else []
-            y_true, scores, throughput, checkpoint = res.test_true, res.test_pred, float("nan"), ""
+            y_true, scores, throughput = res.test_true, res.test_pred, float("nan")
+            checkpoint = str(save_gbdt(res.model, ctx.paths.checkpoints / spec.name / task.name
+                                       / model / f"seed{seed}"))
         seconds = time.perf_counter() - t0
         plots = _plots(task, out_dir, history, y_true, scores)
         metrics = {**{f"val_{k}": v for k, v in val_m.items()},

@@ -31,10 +31,12 @@ example are the prediction.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import lightgbm as lgb
 import numpy as np
@@ -800,3 +802,25 @@ def predict_gbdt(con, spec: DatasetSpec, task: TaskSpec | str, model: GBDTModel,
     examples, _ = _Builder(con, spec, model.config).link_examples(rows_table)
     rows = _link_split(frame, examples, None, names, None)
     return rows.predictions(model.scores(rows.x))
+
+
+def save_gbdt(model: GBDTModel, directory: Path) -> Path:
+    """Write the booster (LightGBM's text format) and what rebuilding its features needs."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.booster.save_model(str(directory / "model.txt"))
+    meta = {"task_type": model.task_type, "flat": model.flat, "config": asdict(model.config),
+            "feature_names": model.feature_names, "categorical": model.categorical,
+            "best_iteration": model.best_iteration}
+    (directory / "model.json").write_text(json.dumps(meta, indent=2))
+    return directory
+
+
+def load_gbdt(directory: Path) -> GBDTModel:
+    directory = Path(directory)
+    meta = json.loads((directory / "model.json").read_text())
+    config = GBDTConfig(**{**meta["config"], "windows_days": tuple(meta["config"]["windows_days"])})
+    return GBDTModel(booster=lgb.Booster(model_file=str(directory / "model.txt")),
+                     task_type=meta["task_type"], flat=meta["flat"], config=config,
+                     feature_names=meta["feature_names"], categorical=meta["categorical"],
+                     best_iteration=meta["best_iteration"])

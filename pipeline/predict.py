@@ -1,0 +1,93 @@
+"""Batch predictions: score every entity live at the newest timestamp with a trained model.
+
+The graph models score on the graph of every row (no truncation: the newest cutoff is
+the scoring time); the LightGBM baselines rebuild their features as of that cutoff.
+The result is `predictions_<task>` in the warehouse and a parquet copy.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, ContextManager
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipeline.evaluate import top_k_ids
+from pipeline.graph import GraphArtifact
+from pipeline.models import GNN_MODELS
+from pipeline.spec import DatasetSpec, TaskSpec
+from pipeline.sqlutil import q, q_list
+from pipeline.tasks import load_examples
+from pipeline.train import load_predictor, predict_scores, resolve_device
+
+TOP_K = 10
+
+
+def model_scores(con: duckdb.DuckDBPyConnection, spec: DatasetSpec, task: TaskSpec,
+                 graph: GraphArtifact, model: str, checkpoint: str | Path, rows: str = "live",
+                 device: str = "auto") -> np.ndarray:
+    """Raw scores of `model` (from its checkpoint) for one split of the task, in the
+    order `load_examples` gives (for `live`: by entity id)."""
+    if model in GNN_MODELS:
+        dev = resolve_device(device)
+        ex = load_examples(con, task, rows)
+        predictor, config, y_mean, y_std = load_predictor(checkpoint, graph.feature_meta,
+                                                          graph.data.metadata(), task, dev)
+        return predict_scores(predictor, graph.data, task, ex, config, dev, y_mean, y_std)
+    from pipeline.models.gbdt import load_gbdt, predict_gbdt
+
+    if rows != "live":
+        raise ValueError("LightGBM models score the live table only through this function")
+    return predict_gbdt(con, spec, task, load_gbdt(checkpoint), f"task_{task.name}_live")
+
+
+def predictions_table(con: duckdb.DuckDBPyConnection, spec: DatasetSpec, task: TaskSpec,
+                      model: str, scores: np.ndarray, model_version: str) -> pa.Table:
+    """The live entities' keys and cutoff with their score, as an Arrow table."""
+    keys = list(spec.tables[task.entity_table].primary_key)
+    base = con.sql(f"SELECT {q_list(keys)}, cutoff FROM {q(f'task_{task.name}_live')} "
+                   "ORDER BY __entity_id").to_arrow_table()
+    if len(scores) != base.num_rows:
+        raise ValueError(f"task {task.name}: {len(scores)} scores for {base.num_rows} live entities")
+    if task.type == "link_prediction":
+        ids = scores if scores.ndim == 2 and scores.dtype.kind == "i" else top_k_ids(scores, TOP_K)
+        target = spec.tables[task.target_table]
+        tkey = target.primary_key[0]
+        lookup = con.sql(f"SELECT {q(tkey)} FROM {q(target.name)} ORDER BY __id").to_arrow_table().column(0)
+        flat = ids.reshape(-1)
+        values = lookup.take(pa.array(np.where(flat < 0, 0, flat)))
+        # -1 pads a short candidate list (LightGBM); it becomes a null target.
+        values = pc.if_else(pa.array(flat < 0), pa.nulls(len(flat), lookup.type), values)
+        offsets = pa.array(np.arange(0, len(flat) + 1, ids.shape[1], dtype=np.int32))
+        score_col = pa.ListArray.from_arrays(offsets, values)
+        name = "top_targets"
+    elif task.type == "multiclass_classification":
+        score_col, name = pa.array(scores.argmax(1)), "predicted_class"
+        base = base.append_column("probability", pa.array(scores.max(1).astype(np.float64)))
+    else:
+        score_col, name = pa.array(np.asarray(scores, dtype=np.float64)), "score"
+    out = base.append_column(name, score_col)
+    out = out.append_column("model", pa.array([model] * out.num_rows, pa.string()))
+    return out.append_column("model_version", pa.array([model_version] * out.num_rows, pa.string()))
+
+
+def write_predictions(connect: Callable[[], ContextManager[duckdb.DuckDBPyConnection]],
+                      task: TaskSpec, table: pa.Table, parquet_dir: Path) -> Path:
+    """Replace `predictions_<task>` in one statement and write the parquet copy."""
+    name = f"predictions_{task.name}"
+    with connect() as con:
+        con.register("_predictions_in", table)
+        try:
+            con.execute(f"CREATE OR REPLACE TABLE {q(name)} AS SELECT * FROM _predictions_in")
+        finally:
+            con.unregister("_predictions_in")
+    parquet_dir.mkdir(parents=True, exist_ok=True)
+    path = parquet_dir / f"{name}.parquet"
+    tmp = path.with_suffix(".tmp")
+    pq.write_table(table, tmp)
+    tmp.replace(path)
+    return path
