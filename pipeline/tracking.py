@@ -1,5 +1,5 @@
 """MLflow tracking: one experiment per dataset and task, one parent run per Dagster run,
-one nested run per trained model.
+one nested run per trained model; registry aliases (`champion`, `challenger`).
 
 Names follow the design's contract: experiment `relgraph/<dataset>/<task>`, params
 `model`, metrics `val_<metric>` / `test_<metric>` and per-epoch `train_loss` and
@@ -15,8 +15,10 @@ import os
 import subprocess
 import time
 import urllib.parse
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from pipeline.paths import DataPaths
 
@@ -63,7 +65,9 @@ class Tracker:
 
         if self.tracking_uri.startswith("sqlite:///"):
             Path(self.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        return MlflowClient(tracking_uri=self.tracking_uri)
+        # The registry lives in the same store; left unset, MLflow would pick its default
+        # (./mlflow.db in the working directory), not this one.
+        return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
 
     def check(self) -> None:
         """Fail fast, before any training, when the tracking server cannot be used."""
@@ -123,7 +127,10 @@ class Tracker:
         all_params = {"model": model, **params}
         epoch_metrics = [Metric(k, float(v), now, int(row["epoch"])) for row in history
                          for k, v in row.items() if k != "epoch" and _finite(v)]
-        final = [Metric(k, float(v), now, 0) for k, v in metrics.items() if _finite(v)]
+        # Final metrics go at the last epoch's step with a later timestamp, so MLflow shows
+        # them (the best checkpoint's numbers) as the run's value of val_<metric>.
+        last = max((int(row["epoch"]) for row in history), default=0)
+        final = [Metric(k, float(v), now + 1, last) for k, v in metrics.items() if _finite(v)]
         ps = [Param(k, str(v)[:6000]) for k, v in all_params.items()]
         try:
             for i in range(0, max(len(ps), 1), 100):
@@ -138,6 +145,18 @@ class Tracker:
             raise
         client.set_terminated(run_id, "FINISHED")
         return run_id
+
+    def alias_version(self, name: str, alias: str):
+        """The ModelVersion that `alias` of registered model `name` points at, or None."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.get_model_version_by_alias(name, alias)
+        except MlflowException as exc:
+            # No such model or alias is the normal state before the first promotion.
+            if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                return None
+            raise
 
     def log_parent(self, run_id: str, metrics: dict[str, float], artifacts: list[Path] = (),
                    finish: bool = False) -> None:
@@ -155,3 +174,33 @@ class Tracker:
 
 def _finite(v) -> bool:
     return isinstance(v, (int, float)) and not math.isnan(float(v)) and not math.isinf(float(v))
+
+
+def run_url(ui: str, experiment_id: str, run_id: str | None = None) -> str:
+    """The MLflow UI page of a run (or of the experiment's runs table when run_id is None)."""
+    base = f"{ui.rstrip('/')}/#/experiments/{experiment_id}"
+    return f"{base}/runs/{run_id}" if run_id else f"{base}/runs"
+
+
+@contextmanager
+def mlflow_uri(uri: str) -> Iterator[None]:
+    """Point MLflow's fluent API (log_model, load_model) at `uri` for the block, then
+    restore the previous URIs and environment variables: the fluent API has no
+    per-call URI, and it exports its URIs to the environment, which `Tracker.default`
+    reads."""
+    import mlflow
+
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous[0])
+        mlflow.set_registry_uri(previous[1])
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
