@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) -c requirements.lock
-	$(PIP) install -q -e '.[test]' -c requirements.lock
+	$(PIP) install -q -e '.[test,deploy]' -c requirements.lock
 	touch $@
 
 install: $(VENV)/.installed

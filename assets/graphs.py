@@ -8,12 +8,7 @@ from assets.resources import PathsResource
 from pipeline.graph import build_graph, prune_cache
 from pipeline.features import FeatureConfig
 from pipeline.spec import DatasetSpec
-from pipeline.tasks import task_cutoffs
-
-
-def fit_cutoff(con, spec: DatasetSpec):
-    """Encoders are fitted on rows up to the earliest validation cutoff of any task."""
-    return min(task_cutoffs(con, spec, t).val for t in spec.tasks.values())
+from pipeline.tasks import encoder_fit_cutoff
 
 
 def graph_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
@@ -24,7 +19,7 @@ def graph_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
                paths: PathsResource) -> dg.MaterializeResult:
         p = paths.paths()
         with duckdb.get_connection() as con:
-            art = build_graph(con, spec, fit_cutoff(con, spec), FeatureConfig(), p.graphs / spec.name)
+            art = build_graph(con, spec, encoder_fit_cutoff(con, spec), FeatureConfig(), p.graphs / spec.name)
         prune_cache(p.graphs / spec.name, keep=3)
         s = art.stats
         table = ["| node type | nodes | features |", "|---|---|---|"]

@@ -4,13 +4,13 @@
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
-from assets.graphs import fit_cutoff
 from assets.resources import ComputeResource, MLflowResource, PathsResource
 from pipeline.experiment import ALL_MODELS, GBDT_MODELS, RunContext, run_model
 from pipeline.features import FeatureConfig
 from pipeline.graph import build_graph
 from pipeline.models.gbdt import GBDTConfig
 from pipeline.spec import DatasetSpec
+from pipeline.tasks import encoder_fit_cutoff
 from pipeline.train import TrainConfig
 
 _TRAIN_DEFAULTS = TrainConfig()
@@ -53,7 +53,7 @@ def _training_asset(spec: DatasetSpec, task_name: str, model: str) -> dg.AssetsD
                compute: ComputeResource) -> dg.MaterializeResult:
         p = paths.paths()
         with duckdb.get_connection() as con:
-            graph = build_graph(con, spec, fit_cutoff(con, spec), FeatureConfig(), p.graphs / spec.name)
+            graph = build_graph(con, spec, encoder_fit_cutoff(con, spec), FeatureConfig(), p.graphs / spec.name)
         tcfg = TrainConfig(model=model, hidden=config.hidden, layers=config.layers,
                            fanouts=tuple(config.fanouts), epochs=config.epochs,
                            batch_size=config.batch_size, lr=config.lr,

@@ -71,6 +71,19 @@ def task_cutoffs(con: duckdb.DuckDBPyConnection, spec: DatasetSpec, task: TaskSp
     return TaskCutoffs(train=sorted(train), val=val, test=test, latest=latest, earliest=earliest)
 
 
+def encoder_fit_cutoff(con: duckdb.DuckDBPyConnection, spec: DatasetSpec) -> datetime:
+    """Encoders are fitted on rows up to the earliest validation cutoff of any task.
+
+    A spec without tasks has no labels to leak, so its encoders see every row; one
+    without any time column has only static rows, which every cutoff sees anyway.
+    """
+    if spec.tasks:
+        return min(task_cutoffs(con, spec, t).val for t in spec.tasks.values())
+    if not any(t.time_column for t in spec.tables.values()):
+        return datetime(9999, 12, 31)
+    return time_bounds(con, spec)[1]
+
+
 def _register_cutoffs(con: duckdb.DuckDBPyConnection, cutoffs: list[datetime], horizon) -> None:
     con.execute("CREATE OR REPLACE TEMP TABLE cutoffs (cutoff TIMESTAMP, window_end TIMESTAMP)")
     con.executemany("INSERT INTO cutoffs VALUES (?, ?)", [(c, c + horizon) for c in cutoffs])

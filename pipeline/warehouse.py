@@ -699,11 +699,11 @@ def extract_table(con: duckdb.DuckDBPyConnection, spec: DatasetSpec, table: str,
     try:
         con.execute("CREATE SCHEMA IF NOT EXISTS raw")
         con.register(_SOURCE_VIEW, _numbered(reader))
-        try:
-            con.execute(f"CREATE OR REPLACE TABLE {_rel('raw', t.name)} AS "
-                        f"SELECT * FROM {q(_SOURCE_VIEW)}")
-        finally:
-            con.unregister(_SOURCE_VIEW)
+        # No `finally`: after a failed load the transaction is aborted, and unregistering
+        # then would raise "transaction is aborted" and hide the source's own error.
+        con.execute(f"CREATE OR REPLACE TABLE {_rel('raw', t.name)} AS "
+                    f"SELECT * FROM {q(_SOURCE_VIEW)}")
+        con.unregister(_SOURCE_VIEW)
         analysis = _Analysis(con, spec, table, now)
         problems = analysis.run()
         errors = [p for p in problems if p.severity == "error"]

@@ -27,6 +27,7 @@ import sqlite3
 from collections.abc import Mapping
 from pathlib import Path
 
+import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -130,7 +131,10 @@ class SQLiteSource(TableNames):
     def _connect(self) -> sqlite3.Connection:
         # mode=ro: extraction must never write to (or create) the user's database.
         try:
-            con = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True)
+            # DuckDB pulls the Arrow stream from its own worker thread; the connection is
+            # read-only and serves one reader at a time, so sharing it across threads is safe.
+            con = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True,
+                                  check_same_thread=False)
             con.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
         except sqlite3.DatabaseError as exc:
             raise SourceError(f"{self.where}: cannot open '{self.path}' as SQLite: {exc}") from None
@@ -205,7 +209,7 @@ class SQLiteSource(TableNames):
 
         def batches():
             try:
-                while rows := cursor.fetchmany(batch_size):
+                while rows := self._fetch(cursor, batch_size, name, readings):
                     # zip(*rows) transposes in C; each column then becomes one Arrow array.
                     columns = zip(*rows)
                     arrays = []
@@ -219,6 +223,38 @@ class SQLiteSource(TableNames):
                 con.close()
 
         return pa.RecordBatchReader.from_batches(schema, batches())
+
+    def _fetch(self, cursor: sqlite3.Cursor, size: int, name: str, readings) -> list:
+        try:
+            return cursor.fetchmany(size)
+        except sqlite3.OperationalError as exc:
+            if "decode" not in str(exc):
+                raise
+            texts = [col for col, _, reading in readings if reading == "text"]
+            raise SourceError(f"{self.where}: table '{name}' has text that is not UTF-8 "
+                              f"({self._undecodable(name, texts)}); convert the database to "
+                              "UTF-8") from None
+
+    def _undecodable(self, name: str, columns: list[str]) -> str:
+        """'<table>.<column>: N rows (first: b'...')' for each text column holding bytes
+        that are not UTF-8. sqlite3 cannot tell, so DuckDB decodes the raw bytes."""
+        con = self._connect()
+        con.text_factory = bytes
+        found = []
+        try:
+            with duckdb.connect() as duck:
+                for col in columns:
+                    rows = con.execute(f"SELECT {quote_ident(col)} FROM {quote_ident(name)} "
+                                       f"WHERE typeof({quote_ident(col)}) = 'text'").fetchall()
+                    column = next(zip(*rows), ())  # transposed in C, as in read()
+                    values = pa.table({"b": pa.array(column, pa.binary())})
+                    n, first = duck.execute("SELECT count(*), first(b) FROM values WHERE "
+                                            "try(decode(b)) IS NULL").fetchall()[0]
+                    if n:
+                        found.append(f"{name}.{col}: {n} row{'s' if n != 1 else ''} (first: {first!r})")
+        finally:
+            con.close()
+        return "; ".join(found) or f"in one of {', '.join(columns)}"
 
     def fingerprint(self, table: str) -> str:
         name = self.source_name(table)
