@@ -1,6 +1,6 @@
 """Runs every benchmark and writes bench/results/<name>.json plus a markdown summary.
 
-    python -m bench.run [--quick] [--only generator,graph,sampler,train]
+    python -m bench.run [--quick] [--only generator,graph,sampler,scale]
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
-BENCHES = ("generator", "graph", "sampler", "train")
+BENCHES = ("generator", "graph", "sampler", "scale")
 
 
 def machine() -> dict:

@@ -134,6 +134,7 @@ class Trainer:
         self.data = data.to(self.device)
         self.progress, self.log = progress, log or (lambda msg: None)
         self.checkpoint_dir = Path(checkpoint_dir)
+        self.feature_meta = feature_meta
         self.num_targets = (self.data[task.target_table].num_nodes
                             if task.type == "link_prediction" else None)
         self.num_classes = None
@@ -196,7 +197,7 @@ class Trainer:
             loss.backward()
             nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
             self.optimizer.step()
-            total += float(loss) * idx.numel()
+            total += float(loss.detach()) * idx.numel()
             seen += idx.numel()
             steps += 1
             bar.set_postfix(loss=f"{total / seen:.4f}")
@@ -267,7 +268,8 @@ class Trainer:
                 self._save("best.pt", {"model": self.model.state_dict(), "epoch": epoch,
                                        "config": json.dumps(asdict(cfg)), "y_mean": self.y_mean,
                                        "y_std": self.y_std, "num_targets": self.num_targets or 0,
-                                       "num_classes": self.num_classes or 0})
+                                       "num_classes": self.num_classes or 0,
+                                       "feature_meta": json.dumps(self.feature_meta)})
             else:
                 bad += 1
             self._save("last.pt", {"model": self.model.state_dict(),
@@ -324,9 +326,40 @@ def load_predictor(checkpoint: str | Path, feature_meta: dict, metadata, task: T
     """Rebuild a trained model from its best.pt: (predictor, config, y_mean, y_std)."""
     device = device or torch.device("cpu")
     state = torch.load(checkpoint, map_location=device, weights_only=True)
+    if "feature_meta" in state:
+        changed = feature_changes(json.loads(state["feature_meta"]), feature_meta)
+        if changed:
+            raise ValueError(f"{checkpoint}: the graph's features differ from the ones the model "
+                             f"was trained on ({'; '.join(changed)}); retrain the model on this graph")
     config = TrainConfig(**{**json.loads(state["config"]),
                             "fanouts": tuple(json.loads(state["config"])["fanouts"])})
     model = build_predictor(config, feature_meta, metadata, task, int(state["num_targets"]) or None,
                             int(state["num_classes"]) or None)
     model.load_state_dict(state["model"])
     return model.to(device), config, float(state["y_mean"]), float(state["y_std"])
+
+
+def feature_changes(trained: dict, current: dict) -> list[str]:
+    """What differs between two graphs' feature metadata, per table, in words.
+
+    Same widths with other columns would load without error and feed every weight the
+    wrong column, so names and category counts are compared, not only shapes.
+    """
+    out = []
+    for table in sorted(set(trained) | set(current)):
+        if table not in current or table not in trained:
+            out.append(f"table {table} {'is gone' if table not in current else 'is new'}")
+            continue
+        old, new = trained[table], current[table]
+        for kind in ("num", "cat", "text", "ts"):
+            was, now = old["names"][kind], new["names"][kind]
+            added = [c for c in now if c not in was]
+            gone = [c for c in was if c not in now]
+            if added or gone:
+                out.append(f"{table}: {kind} columns" + (f" new {added[:5]}" if added else "")
+                           + (f" missing {gone[:5]}" if gone else ""))
+            elif was != now:
+                out.append(f"{table}: {kind} columns in another order")
+        if old["cat"] != new["cat"] and old["names"]["cat"] == new["names"]["cat"]:
+            out.append(f"{table}: category counts {old['cat']} became {new['cat']}")
+    return out
