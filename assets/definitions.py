@@ -12,6 +12,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from assets.checks import freshness_checks, freshness_sensor
 from assets.evaluation import evaluation_assets
 from assets.extract import extract_assets
 from assets.graphs import graph_asset
@@ -43,10 +44,12 @@ def build_definitions(specs: list[DatasetSpec] | None = None) -> dg.Definitions:
     specs = specs if specs is not None else [load_spec(p) for p in dataset_paths()]
     assets = [a for spec in specs for a in dataset_assets(spec)]
     jobs = {spec.name: nightly_job(spec) for spec in specs}
+    checks = freshness_checks(specs)
     return dg.Definitions(
-        assets=assets, resources=default_resources(), jobs=list(jobs.values()),
+        assets=assets, asset_checks=checks, resources=default_resources(), jobs=list(jobs.values()),
         schedules=[nightly_schedule(j) for j in jobs.values()],
-        sensors=[new_data_sensor(spec, jobs[spec.name]) for spec in specs] + [run_failure_alert])
+        sensors=[new_data_sensor(spec, jobs[spec.name]) for spec in specs] + [run_failure_alert]
+        + ([freshness_sensor(checks)] if checks else []))
 
 
 defs = build_definitions()

@@ -1,16 +1,30 @@
-"""Per task: the comparison of every model trained in this run, as a table and a plot."""
+"""Per task: the comparison of every model trained in this run, and the champion gate.
 
+`<dataset>/<task>/evaluation`: the metric table, the comparison plot and a link to the
+run in the MLflow UI ($RELGRAPH_MLFLOW_UI, default http://127.0.0.1:5000; empty: no link).
+`<dataset>/<task>/champion`: registers the run's models and moves the `champion` alias
+to the run's best model only when it beats the current champion (check `champion_gate`).
+"""
+
+import base64
+import os
 
 import dagster as dg
 
-from assets.resources import MLflowResource, PathsResource
+from assets.checks import champion_gate_result, champion_gate_spec
+from assets.resources import ComputeResource, MLflowResource, PathsResource
 from pipeline.experiment import ALL_MODELS
+from pipeline.registry import best_of_run, champion_gate, register_run, version_uri
 from pipeline.report import comparison
 from pipeline.spec import DatasetSpec
+from pipeline.tracking import run_url
+
+MLFLOW_UI_DEFAULT = "http://127.0.0.1:5000"
 
 
 def evaluation_assets(spec: DatasetSpec, models=ALL_MODELS) -> list[dg.AssetsDefinition]:
-    return [_evaluation_asset(spec, task, models) for task in spec.tasks]
+    return [a for task in spec.tasks
+            for a in (_evaluation_asset(spec, task, models), _champion_asset(spec, task))]
 
 
 def _evaluation_asset(spec: DatasetSpec, task_name: str, models) -> dg.AssetsDefinition:
@@ -22,16 +36,60 @@ def _evaluation_asset(spec: DatasetSpec, task_name: str, models) -> dg.AssetsDef
     def _evaluate(context: dg.AssetExecutionContext, paths: PathsResource,
                   mlflow: MLflowResource) -> dg.MaterializeResult:
         p = paths.paths()
-        report = comparison(p, spec, task, run_id=context.run_id, tracker=mlflow.tracker(p))
+        tracker = mlflow.tracker(p)
+        report = comparison(p, spec, task, run_id=context.run.run_id, tracker=tracker)
         if not report.rows:
-            raise dg.Failure(f"no model of {task_name} was trained in run {context.run_id}; "
+            raise dg.Failure(f"no model of {task_name} was trained in run {context.run.run_id}; "
                              "materialize at least one model asset with this one")
         context.log.info("\n" + report.markdown)
-        return dg.MaterializeResult(metadata={
+        meta = {
             "results": dg.MetadataValue.md(report.markdown),
             "best_model": report.best, f"best_val_{task.metric}": report.best_val,
             "comparison": dg.MetadataValue.path(str(report.plot)),
             "experiment": f"relgraph/{spec.name}/{task_name}",
-        })
+        }
+        if report.plot is not None:
+            # Inline, so the plot shows in the UI's metadata panel without a file server.
+            png = base64.b64encode(report.plot.read_bytes()).decode()
+            meta["comparison_plot"] = dg.MetadataValue.md(f"![comparison](data:image/png;base64,{png})")
+        ui = os.environ.get("RELGRAPH_MLFLOW_UI", MLFLOW_UI_DEFAULT).strip()
+        parent = report.rows[0]["parent"]
+        if ui and parent:
+            experiment_id = tracker.experiment(spec.name, task_name)
+            meta["mlflow_run"] = dg.MetadataValue.url(run_url(ui, experiment_id, parent))
+        return dg.MaterializeResult(metadata=meta)
 
     return _evaluate
+
+
+def _champion_asset(spec: DatasetSpec, task_name: str) -> dg.AssetsDefinition:
+    task = spec.tasks[task_name]
+    key = dg.AssetKey([spec.name, task_name, "champion"])
+
+    @dg.asset(key=key, deps=[[spec.name, task_name, "evaluation"]], group_name=spec.name,
+              kinds={"mlflow"}, check_specs=[champion_gate_spec(key)],
+              description=f"The registered champion of {task_name}: the run's models are "
+                          "registered, and the best becomes champion only if it beats the "
+                          "current one on today's validation split.")
+    def _champion(context: dg.AssetExecutionContext, paths: PathsResource, mlflow: MLflowResource,
+                  compute: ComputeResource):
+        p = paths.paths()
+        tracker = mlflow.tracker(p)
+        best = best_of_run(p, spec, task, context.run.run_id)
+        if best is None:
+            raise dg.Failure(f"no model of {task_name} was trained in run {context.run.run_id}")
+        versions = register_run(tracker, p, spec, task, context.run.run_id)
+        context.log.info("registered %s", ", ".join(f"{m} as v{v}" for m, v in versions.items()))
+        decision = champion_gate(tracker, p, spec, task, versions[best], device=compute.device)
+        context.log.info(decision.reason)
+        yield champion_gate_result(key, decision)
+        yield dg.MaterializeResult(metadata={
+            "registered_model": decision.registered_model,
+            "champion_version": decision.champion_after,
+            "champion_uri": version_uri(decision.registered_model, decision.champion_after),
+            "candidate": f"v{decision.candidate_version} ({decision.candidate_model})",
+            "promoted": decision.promoted,
+            "versions": dg.MetadataValue.json(versions),
+        })
+
+    return _champion

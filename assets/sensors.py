@@ -55,4 +55,10 @@ def run_failure_alert(context: dg.RunFailureSensorContext):
         fh.write(json.dumps(payload) + "\n")
     url = os.environ.get("RELGRAPH_ALERT_WEBHOOK")
     if url:
-        post_alert(url, payload)
+        try:
+            post_alert(url, payload)
+        except OSError as exc:
+            # The failure is already recorded; raising would fail the tick and, since the
+            # cursor would not move, record and post this run again on every tick.
+            context.log.error(f"alert webhook {url} did not take the alert for run "
+                              f"{payload['run_id']}: {exc}")

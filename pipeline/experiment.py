@@ -7,8 +7,11 @@ and `relgraph run`'s summary read; MLflow gets the same numbers.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
+import shutil
 import statistics
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -30,11 +33,16 @@ from pipeline.train import TrainConfig, Trainer
 GBDT_MODELS = ("lightgbm", "lightgbm_flat")
 ALL_MODELS = GNN_MODELS + GBDT_MODELS
 DEFAULT_MODELS = ALL_MODELS
+# Checkpoints of this many data versions (graph + labels) are kept per model.
+KEEP_CHECKPOINTS = 3
 
 
 @dataclass
 class RunContext:
-    """Where a model run reads and writes, and who it reports to."""
+    """Where a model run reads and writes, and who it reports to.
+
+    `keep_checkpoints`: checkpoints of this many data versions are kept per model.
+    """
 
     paths: DataPaths
     tracker: Tracker | None = None
@@ -42,6 +50,32 @@ class RunContext:
     log: Callable[[str], None] = print
     progress: bool = True
     extra_tags: dict[str, str] = field(default_factory=dict)
+    keep_checkpoints: int = KEEP_CHECKPOINTS
+
+
+def data_key(graph_hash: str, task: TaskSpec, cutoffs) -> str:
+    """A short hash of what a model learns from: the graph and the task's labels and cutoffs.
+
+    Checkpoints live under it, so a run resumes only from a checkpoint of the same data;
+    a night with new rows (or a changed schema) trains afresh instead of reloading the
+    previous night's finished model.
+    """
+    blob = json.dumps({"graph": graph_hash, "task": asdict(task), "cutoffs": asdict(cutoffs)},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def prune_checkpoints(model_dir: Path, keep: int = KEEP_CHECKPOINTS) -> list[Path]:
+    """Delete all but the `keep` most recently used data versions under `model_dir`."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        return []
+    entries = sorted((p for p in model_dir.iterdir() if p.is_dir()),
+                     key=lambda p: p.stat().st_mtime_ns, reverse=True)
+    removed = entries[max(keep, 0):]
+    for p in removed:
+        shutil.rmtree(p, ignore_errors=True)
+    return removed
 
 
 def _summary(values: list[float]) -> dict[str, float]:
@@ -89,6 +123,10 @@ def run_model(connect: Callable[[], ContextManager[duckdb.DuckDBPyConnection]],
     if model in GNN_MODELS:
         # The training graph holds no row after the test cutoff (rules of time).
         train_data = graph.truncate(cuts.test)
+    model_dir = ctx.paths.checkpoints / spec.name / task.name / model
+    ckpt_dir = model_dir / data_key(graph.hash, task, cuts)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    os.utime(ckpt_dir)  # in use: the newest for prune_checkpoints
     runs = []
     for i in range(seeds):
         seed = config.seed + i
@@ -96,8 +134,7 @@ def run_model(connect: Callable[[], ContextManager[duckdb.DuckDBPyConnection]],
         out_dir = ctx.paths.results / spec.name / task.name / model / f"seed{seed}"
         if model in GNN_MODELS:
             cfg = replace(config, model=model, seed=seed)
-            trainer = Trainer(train_data, graph.feature_meta, task, splits, cfg,
-                              ctx.paths.checkpoints / spec.name / task.name / model,
+            trainer = Trainer(train_data, graph.feature_meta, task, splits, cfg, ckpt_dir,
                               progress=ctx.progress, log=ctx.log)
             res = trainer.fit()
             params = {**asdict(cfg), "num_parameters": res.num_parameters}
@@ -115,8 +152,7 @@ def run_model(connect: Callable[[], ContextManager[duckdb.DuckDBPyConnection]],
             history = [{"epoch": r.get("round", k + 1), f"val_{task.metric}": r[f"val_{task.metric}"]}
                        for k, r in enumerate(res.history)] if res.history else []
             y_true, scores, throughput = res.test_true, res.test_pred, float("nan")
-            checkpoint = str(save_gbdt(res.model, ctx.paths.checkpoints / spec.name / task.name
-                                       / model / f"seed{seed}"))
+            checkpoint = str(save_gbdt(res.model, ckpt_dir / f"seed{seed}"))
         seconds = time.perf_counter() - t0
         plots = _plots(task, out_dir, history, y_true, scores)
         metrics = {**{f"val_{k}": v for k, v in val_m.items()},
@@ -136,6 +172,7 @@ def run_model(connect: Callable[[], ContextManager[duckdb.DuckDBPyConnection]],
         runs.append({"seed": seed, "metrics": metrics, "seconds": seconds, "mlflow_run_id": run_id,
                      "train_seeds_per_s": throughput, "checkpoint": checkpoint,
                      "plots": [str(p) for p in plots]})
+    prune_checkpoints(model_dir, ctx.keep_checkpoints)
     keys = sorted({k for r in runs for k in r["metrics"]})
     result = {
         "dataset": spec.name, "task": task.name, "model": model, "metric": task.metric,

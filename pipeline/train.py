@@ -47,7 +47,7 @@ class TrainConfig:
     patience: int = 4
     seed: int = 0
     device: str = "auto"
-    strategy: str = "uniform"
+    strategy: str = "last"         # most recent neighbours: recency is what churn turns on
     max_steps_per_epoch: int = 0   # 0: the whole training split every epoch
     amp: bool = True               # bf16 autocast, on CUDA only
 

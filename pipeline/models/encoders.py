@@ -16,6 +16,8 @@ import math
 import torch
 from torch import Tensor, nn
 from torch_geometric.data import HeteroData
+# PyG's ModuleDict accepts any table name as a key (torch's rejects names with a dot).
+from torch_geometric.nn.module_dict import ModuleDict
 
 SECONDS_PER_DAY = 86_400.0
 DEFAULT_PERIODS_DAYS: tuple[float, ...] = (1.0, 7.0, 30.4375, 365.25)
@@ -273,7 +275,7 @@ class NodeEncoder(nn.Module):
         self.hidden = hidden
         self.entity_type = entity_type
         self.node_types = list(feature_meta)
-        self.encoders = nn.ModuleDict(
+        self.encoders = ModuleDict(
             {t: _TypeEncoder(t, feature_meta[t], hidden, periods_days) for t in self.node_types}
         )
         self.time = RelativeTimeEncoder(hidden, periods_days)

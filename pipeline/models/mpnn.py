@@ -14,6 +14,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 from torch_geometric.data import HeteroData
+# PyG's ModuleDict accepts any table name as a key (torch's rejects names with a dot).
+from torch_geometric.nn.module_dict import ModuleDict
 from torch_geometric.nn import GATConv, GINConv, HeteroConv, MessagePassing, SAGEConv
 from torch_geometric.utils import degree
 
@@ -193,7 +195,7 @@ class HeteroMPLayer(nn.Module):
         )
         self.act = ACTIVATIONS[act]()
         self.dropout = nn.Dropout(dropout)
-        self.norms = nn.ModuleDict(
+        self.norms = ModuleDict(
             {t: nn.LayerNorm(hidden) if norm == "layer" else nn.Identity() for t in node_types}
         )
 

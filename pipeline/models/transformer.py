@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 from torch_geometric.data import HeteroData
+# PyG's ModuleDict accepts any table name as a key (torch's rejects names with a dot).
+from torch_geometric.nn.module_dict import ModuleDict
 from torch_geometric.nn import HGTConv
 from torch_geometric.utils import degree, to_dense_batch
 
@@ -122,11 +124,19 @@ class HGT(nn.Module):
         self.encoder = NodeEncoder(
             {t: feature_meta[t] for t in node_types}, hidden, entity_type, periods_days
         )
+        # HGTConv names torch modules after the types, and a table name may hold a dot,
+        # which torch refuses: the convolutions see positional aliases n<i> and e<j>.
+        self.node_alias = {t: f"n{i}" for i, t in enumerate(node_types)}
+        self.edge_alias = {
+            et: (self.node_alias[et[0]], f"e{j}", self.node_alias[et[2]])
+            for j, et in enumerate(edge_types)
+        }
+        aliased = (list(self.node_alias.values()), list(self.edge_alias.values()))
         self.convs = nn.ModuleList(
-            HGTConv(hidden, hidden, (node_types, edge_types), heads=heads) for _ in range(layers)
+            HGTConv(hidden, hidden, aliased, heads=heads) for _ in range(layers)
         )
         self.norms = nn.ModuleList(
-            nn.ModuleDict(
+            ModuleDict(
                 {t: nn.LayerNorm(hidden) if norm == "layer" else nn.Identity() for t in node_types}
             )
             for _ in range(layers)
@@ -136,10 +146,12 @@ class HGT(nn.Module):
     def forward(self, batch: HeteroData) -> Tensor:
         x_dict = self.encoder(batch)
         ei = edge_index_dict(batch, self.edge_types)
+        ei = {self.edge_alias[et]: e for et, e in ei.items()}
+        alias = self.node_alias
         for conv, norms in zip(self.convs, self.norms, strict=True):
-            out = conv(x_dict, ei) if ei else {}
+            out = conv({alias[t]: h for t, h in x_dict.items()}, ei) if ei else {}
             x_dict = {
-                t: norms[t](self.dropout(out[t]) if out.get(t) is not None else h)
+                t: norms[t](self.dropout(out[alias[t]]) if out.get(alias[t]) is not None else h)
                 for t, h in x_dict.items()
             }
         return x_dict[self.entity_type][: num_seeds(batch, self.entity_type)]

@@ -98,14 +98,16 @@ class FileSource(TableNames):
             inner = rel.to_arrow_reader(batch_size)
         except duckdb.Error as exc:
             con.close()
-            raise SourceError(f"{self.where}: cannot read table '{table}' from "
-                              f"{', '.join(map(str, files))}: {exc}") from None
+            raise self._csv_error(table, files, exc) from None
 
         def batches():
             # The reader must not outlive the connection it streams from; holding `con`
             # here keeps it open until the last batch has been consumed.
             with con:
-                yield from sliced(inner, batch_size)
+                try:
+                    yield from sliced(inner, batch_size)
+                except duckdb.Error as exc:
+                    raise self._csv_error(table, files, exc) from None
 
         return pa.RecordBatchReader.from_batches(inner.schema, batches())
 
@@ -144,9 +146,29 @@ class FileSource(TableNames):
                           params={"files": [str(f) for f in files]})
         except duckdb.Error as exc:
             con.close()
-            raise SourceError(f"{self.where}: cannot read table '{table}' from "
-                              f"{', '.join(map(str, files))}: {exc}") from None
+            raise self._csv_error(table, files, exc) from None
         return con, rel
+
+    def _csv_error(self, table: str, files: list[Path], exc: duckdb.Error) -> SourceError:
+        """The error for CSV files DuckDB cannot read; text that is not UTF-8 is counted
+        per column (DuckDB's message names neither the column nor how many rows)."""
+        if "unicode" not in str(exc).lower():
+            return SourceError(f"{self.where}: cannot read table '{table}' from "
+                               f"{', '.join(map(str, files))}: {exc}")
+        found = []
+        with duckdb.connect() as con:
+            for f in files:  # rejects tables do not combine with union_by_name: one file at a time
+                con.execute("CREATE OR REPLACE TEMP TABLE probe AS SELECT * FROM read_csv(?, "
+                            "header = true, all_varchar = true, store_rejects = true, "
+                            "sample_size = -1)", [str(f)])
+            found = con.execute(
+                "SELECT e.column_name, count(*), min(e.line), arg_min(s.file_path, e.line) "
+                "FROM reject_errors e JOIN reject_scans s USING (scan_id, file_id) "
+                "WHERE e.error_type = 'INVALID ENCODING' GROUP BY 1 ORDER BY 1").fetchall()
+        where = "; ".join(f"{table}.{col}: {n} row{'s' if n != 1 else ''} (first: line {line} "
+                          f"of {Path(path).name})" for col, n, line, path in found)
+        return SourceError(f"{self.where}: table '{table}' has text that is not UTF-8 "
+                           f"({where or ', '.join(map(str, files))}); save the file as UTF-8")
 
 
 def _type_conflicts(files: list[Path], schemas: list[pa.Schema]) -> str:
