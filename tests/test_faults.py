@@ -1,0 +1,357 @@
+"""Faults: a training run killed mid-epoch, two writers at once, MLflow down, a schema that
+changes between two nights.
+
+A warehouse killed mid-write is tested in tests/test_warehouse.py
+(test_killed_process_mid_write_leaves_previous_snapshot); it is not repeated here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+import yaml
+
+from pipeline.experiment import RunContext, run_model
+from pipeline.features import FeatureConfig
+from pipeline.graph import build_graph
+from pipeline.models.gbdt import GBDTConfig, load_gbdt, predict_gbdt
+from pipeline.paths import DataPaths
+from pipeline.sources import open_source
+from pipeline.spec import load_spec
+from pipeline.tasks import build_task_table, load_examples, task_cutoffs
+from pipeline.tracking import Tracker, TrackingError
+from pipeline.train import TrainConfig, Trainer, load_predictor
+from pipeline.warehouse import extract_table
+
+REPO = Path(__file__).resolve().parents[1]
+RELGRAPH = str(Path(sys.executable).parent / "relgraph")
+
+CHURN = """SELECT c.customer_id, t.cutoff, (COUNT(o.order_id) = 0)::INTEGER AS label
+FROM cutoffs t JOIN customers c ON TRUE
+LEFT JOIN orders o ON o.customer_id = c.customer_id
+     AND o.ordered_at > t.cutoff AND o.ordered_at <= t.window_end
+WHERE EXISTS (SELECT 1 FROM orders p WHERE p.customer_id = c.customer_id AND p.ordered_at <= t.cutoff)
+GROUP BY ALL"""
+TINY = TrainConfig(hidden=8, layers=1, fanouts=(4,), epochs=2, batch_size=64, max_steps_per_epoch=2)
+FAST_GBDT = GBDTConfig(n_estimators=20, early_stopping_rounds=5, num_threads=1)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: on a shared 2-core machine more threads spin against each other
+    (ten times slower), and the kill/resume comparison needs one fixed thread count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def shop_tables(customers: int = 120, orders: int = 900, seed: int = 0) -> tuple[pa.Table, pa.Table]:
+    """A year of random orders of `customers` customers: churn has both classes in every split."""
+    rng = np.random.default_rng(seed)
+    start = np.datetime64("2024-01-01T00:00:00", "us")
+    seconds = np.sort(rng.integers(0, 365 * 86_400, orders))
+    cust = pa.table({"customer_id": np.arange(1, customers + 1),
+                     "country": rng.choice(["DE", "FR", "US"], customers),
+                     "age": rng.integers(18, 80, customers)})
+    ords = pa.table({"order_id": np.arange(1, orders + 1),
+                     "customer_id": rng.integers(1, customers + 1, orders),
+                     "ordered_at": start + seconds.astype("timedelta64[s]"),
+                     "amount": np.round(rng.gamma(2.0, 20.0, orders), 2),
+                     "channel": rng.choice(["web", "app"], orders)})
+    return cust, ords
+
+
+def write_shop(root: Path, customers: pa.Table | None = None, orders: pa.Table | None = None) -> Path:
+    """The shop as parquet under root/src and its spec at root/shop.yaml."""
+    src = root / "src"
+    src.mkdir(parents=True, exist_ok=True)
+    c, o = shop_tables()
+    pq.write_table(c if customers is None else customers, src / "customers.parquet")
+    pq.write_table(o if orders is None else orders, src / "orders.parquet")
+    spec = {"name": "shop", "source": {"kind": "parquet", "path": str(src)},
+            "tables": {"customers": {"primary_key": "customer_id"},
+                       "orders": {"primary_key": "order_id", "time_column": "ordered_at",
+                                  "foreign_keys": {"customer_id": "customers"}}},
+            "tasks": {"churn": {"type": "binary_classification", "entity_table": "customers",
+                                "label_sql": CHURN, "horizon": "30d", "val_cutoff": "latest - 60d",
+                                "test_cutoff": "latest - 30d", "num_train_cutoffs": 3}}}
+    path = root / "shop.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+@dataclasses.dataclass
+class Night:
+    spec: object
+    task: object
+    graph: object
+    paths: DataPaths
+
+    @contextlib.contextmanager
+    def connect(self):
+        con = duckdb.connect(str(self.paths.warehouse))
+        try:
+            yield con
+        finally:
+            con.close()
+
+
+def night(root: Path, data: Path, customers: pa.Table | None = None,
+          orders: pa.Table | None = None) -> Night:
+    """One nightly refresh with the library: write the source, extract, label, build the graph."""
+    spec = load_spec(write_shop(root, customers, orders))
+    paths = DataPaths(data)
+    paths.root.mkdir(parents=True, exist_ok=True)
+    source = open_source(spec, root)
+    task = spec.tasks["churn"]
+    with duckdb.connect(str(paths.warehouse)) as con:
+        for table in spec.extract_order():
+            extract_table(con, spec, table, source.read(table), source.fingerprint(table))
+        build_task_table(con, spec, task)
+        graph = build_graph(con, spec, task_cutoffs(con, spec, task).val, FeatureConfig(),
+                            paths.graphs / spec.name)
+    return Night(spec, task, graph, paths)
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cli(args: list[str], data: Path, timeout: int = 180, **env) -> subprocess.Popen:
+    environ = {**os.environ, "RELGRAPH_DATA": str(data), "OMP_NUM_THREADS": "1", **env}
+    environ.pop("DAGSTER_HOME", None)
+    return subprocess.Popen([RELGRAPH, *args], env=environ, cwd=str(data.parent),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+# ---------------------------------------------------------------------------------------
+# (a) A training process killed in the middle of an epoch resumes bit-identically
+
+CHILD = textwrap.dedent("""
+    import json, sys, time
+    import duckdb, torch
+    sys.path.insert(0, {repo!r})
+    torch.set_num_threads(1)
+    from pipeline.graph import load_graph
+    from pipeline.spec import load_spec
+    from pipeline.tasks import load_examples, task_cutoffs
+    from pipeline.train import TrainConfig, Trainer
+
+    spec = load_spec({spec!r})
+    task = spec.tasks["churn"]
+    with duckdb.connect({db!r}, read_only=True) as con:
+        splits = {{s: load_examples(con, task, s) for s in ("train", "val", "test")}}
+        cuts = task_cutoffs(con, spec, task)
+    graph = load_graph({graph!r})
+    config = TrainConfig(**json.loads({config!r}))
+    trainer = Trainer(graph.truncate(cuts.test), graph.feature_meta, task, splits, config,
+                      {ckpt!r}, progress=False, log=lambda m: print(m, flush=True))
+
+    def step(module, args):
+        if module.training:  # a training step, not an evaluation batch
+            print("step", flush=True)
+            time.sleep(0.05)  # long enough for the parent to kill us inside this step
+
+    trainer.model.register_forward_pre_hook(step)
+    trainer.fit()
+    print("finished", flush=True)
+""")
+
+
+def test_training_killed_mid_epoch_resumes_bit_identically(tmp_path):
+    n = night(tmp_path, tmp_path / "data")
+    config = TrainConfig(hidden=8, layers=1, fanouts=(4,), epochs=3, batch_size=32, seed=3)
+    with n.connect() as con:
+        splits = {s: load_examples(con, n.task, s) for s in ("train", "val", "test")}
+        cuts = task_cutoffs(con, n.spec, n.task)
+    steps = -(-len(splits["train"]) // config.batch_size)
+    assert steps >= 6, "the epoch must be long enough to be killed inside"
+
+    def trainer(ckpt: Path, log=None) -> Trainer:
+        return Trainer(n.graph.truncate(cuts.test), n.graph.feature_meta, n.task, splits, config,
+                       ckpt, progress=False, log=log)
+
+    reference = trainer(tmp_path / "ref").fit()
+
+    ckpt = tmp_path / "killed"
+    script = tmp_path / "child.py"
+    script.write_text(CHILD.format(repo=str(REPO), spec=str(n.spec.path), db=str(n.paths.warehouse),
+                                   graph=str(n.graph.path), ckpt=str(ckpt),
+                                   config=json.dumps(dataclasses.asdict(config))))
+    kill_at = random.randint(1, steps - 2)  # a step of epoch 2, neither its first nor its last
+    child = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        seen, in_epoch_two = 0, False
+        for line in child.stdout:
+            if line.startswith("sage epoch 1:"):
+                in_epoch_two = True  # epoch 1 is checkpointed; count the steps of epoch 2
+            elif line.startswith("step") and in_epoch_two:
+                seen += 1
+                if seen == kill_at:
+                    os.kill(child.pid, signal.SIGKILL)
+                    break
+            assert not line.startswith("finished"), "the child finished before it was killed"
+    finally:
+        child.wait(timeout=60)
+    assert child.returncode == -signal.SIGKILL, f"killed at step {kill_at} of epoch 2"
+    last = torch.load(next(ckpt.glob("*/last.pt")), weights_only=True)
+    assert last["epoch"] == 1, "the kill came after epoch 2's checkpoint"
+
+    messages: list[str] = []
+    resumed = trainer(ckpt, messages.append).fit()
+    assert any(m.startswith("resuming sage from epoch 1") for m in messages), messages
+    assert resumed.val_metrics == reference.val_metrics
+    assert resumed.test_metrics == reference.test_metrics
+    assert resumed.test_scores.tobytes() == reference.test_scores.tobytes(), f"kill at step {kill_at}"
+    assert resumed.history == reference.history
+    assert resumed.best_epoch == reference.best_epoch
+
+
+# ---------------------------------------------------------------------------------------
+# (c) Two processes writing one warehouse at once
+
+
+def test_two_concurrent_graph_builds_serialize_on_the_warehouse(tmp_path):
+    spec_path = write_shop(tmp_path)
+    data = tmp_path / "data"
+    data.mkdir()
+    # A third writer holds the warehouse while both processes start, so that both meet the
+    # lock for certain (not only when their extracts happen to overlap) and must wait.
+    holder = duckdb.connect(str(data / "warehouse.duckdb"))
+    procs = [cli(["graph", "--dataset", str(spec_path)], data) for _ in range(2)]
+    errs: list[list[str]] = [[], []]
+    readers = [threading.Thread(target=lambda p=p, e=e: e.extend(p.stderr), daemon=True)
+               for p, e in zip(procs, errs)]
+    for r in readers:
+        r.start()
+    deadline = time.monotonic() + 180
+    # The `warehouse` pool of the shared Dagster instance lets one of them start its step;
+    # the other waits for the pool slot.
+    while not any(any("STEP_START" in line for line in e) for e in errs):
+        assert time.monotonic() < deadline and all(p.poll() is None for p in procs), \
+            "".join(errs[0][-20:] + errs[1][-20:])
+        time.sleep(0.2)
+    time.sleep(1.0)  # inside its first extract step, waiting for the lock
+    assert all(p.poll() is None for p in procs), "a process gave up on the locked warehouse"
+    holder.close()
+    outs = []
+    for p, r, e in zip(procs, readers, errs):
+        out = p.stdout.read()
+        p.wait(timeout=240)
+        r.join(timeout=10)
+        outs.append((out, "".join(e)))
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+        assert "graph: " in out
+    # both point at the same graph (same content, same hash); no half-written entry is left
+    graphs = {line.split("graph: ", 1)[1].strip() for out, _ in outs for line in out.splitlines()
+              if line.startswith("graph: ")}
+    assert len(graphs) == 1
+    entries = list((data / "graphs" / "shop").iterdir())
+    assert [e.name for e in entries] == [Path(next(iter(graphs))).name]
+    assert (entries[0] / "meta.json").exists()
+
+    with duckdb.connect(str(data / "warehouse.duckdb"), read_only=True) as con:
+        for table, rows in (("customers", 120), ("orders", 900)):
+            raw, clean, rejected = (con.execute(f"SELECT count(*) FROM {rel}").fetchall()[0][0]
+                                    for rel in (f"raw.{table}", table, f"rejected_{table}"))
+            assert (raw, clean, rejected) == (rows, rows, 0)
+            ids = con.execute(f"SELECT min(__id), max(__id), count(DISTINCT __id) FROM {table}").fetchall()
+            assert ids == [(0, rows - 1, rows)]
+        # each table was loaded by one process and found unchanged by the other, or loaded twice:
+        # either way every extract is recorded whole, in sequence
+        seqs = [r[0] for r in con.execute('SELECT seq FROM "_relgraph_extracts" ORDER BY seq').fetchall()]
+        assert seqs == list(range(1, len(seqs) + 1)) and 2 <= len(seqs) <= 4
+        assert con.execute("SELECT count(*) FROM task_churn").fetchall()[0][0] > 0
+
+
+# ---------------------------------------------------------------------------------------
+# (d) MLflow unreachable: the run fails before any training, naming the URI
+
+
+def test_unreachable_mlflow_fails_before_training(tmp_path):
+    n = night(tmp_path, tmp_path / "data")
+    uri = f"http://127.0.0.1:{closed_port()}"
+    ctx = RunContext(paths=n.paths, tracker=Tracker(uri), progress=False)
+    for model in ("sage", "lightgbm_flat"):
+        with pytest.raises(TrackingError, match=f"MLflow tracking server {uri} is not reachable"):
+            run_model(n.connect, n.spec, n.task, n.graph, model, TINY, ctx, gbdt_config=FAST_GBDT)
+    assert not n.paths.checkpoints.exists(), "something was trained"
+    assert not n.paths.results.exists()
+
+
+def test_unreachable_mlflow_through_the_cli(tmp_path):
+    spec_path = write_shop(tmp_path)
+    uri = f"http://127.0.0.1:{closed_port()}"
+    p = cli(["run", "--dataset", str(spec_path), "--models", "lightgbm_flat"], tmp_path / "data",
+            MLFLOW_TRACKING_URI=uri)
+    try:
+        _, err = p.communicate(timeout=90)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.communicate()
+        pytest.fail(f"relgraph run kept trying the unreachable {uri} for 90 s instead of failing")
+    assert p.returncode == 2
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"relgraph: MLflow tracking server {uri} is not reachable"), last
+    assert not (tmp_path / "data" / "checkpoints").exists()
+
+
+# ---------------------------------------------------------------------------------------
+# (e) A column added to or dropped from a source table between two nights
+
+
+def test_schema_change_between_nights_retrains_and_old_models_refuse_to_score(tmp_path):
+    data = tmp_path / "data"
+    messages: list[str] = []
+    ctx = RunContext(paths=DataPaths(data), progress=False, log=messages.append)
+    customers, orders = shop_tables()
+    one = night(tmp_path, data, customers, orders)
+    first = {m: run_model(one.connect, one.spec, one.task, one.graph, m, TINY, ctx,
+                          gbdt_config=FAST_GBDT) for m in ("sage", "lightgbm_flat")}
+
+    # night 2: customers gain a numeric column and lose `age`: the same number of numeric
+    # features, so without a check an old model would load and read `vip` as `age`
+    changed = customers.drop_columns(["age"]).append_column(
+        "vip", pa.array(np.arange(customers.num_rows) % 3, pa.int64()))
+    two = night(tmp_path, data, changed, orders)
+    assert two.graph.feature_meta["customers"]["num"] == one.graph.feature_meta["customers"]["num"]
+    messages.clear()
+    for model in ("sage", "lightgbm_flat"):
+        res = run_model(two.connect, two.spec, two.task, two.graph, model, TINY, ctx,
+                        gbdt_config=FAST_GBDT)
+        assert res["runs"][0]["checkpoint"] != first[model]["runs"][0]["checkpoint"]
+    assert not [m for m in messages if m.startswith("resuming")], "night 2 reloaded night 1's model"
+    assert [m.split(":")[0] for m in messages if m.startswith("sage epoch")] == [
+        "sage epoch 1", "sage epoch 2"], "night 2 must train its own epochs"
+
+    # yesterday's models cannot score today's graph, and say why
+    old_sage = first["sage"]["runs"][0]["checkpoint"]
+    with pytest.raises(ValueError, match=r"customers: num columns new \['vip'\] missing \['age'\]"):
+        load_predictor(old_sage, two.graph.feature_meta, two.graph.data.metadata(), two.task)
+    old_gbdt = load_gbdt(Path(first["lightgbm_flat"]["runs"][0]["checkpoint"]))
+    with two.connect() as con, pytest.raises(ValueError, match=r"features differ from the model's "
+                                             r"\(new: \['customers.vip'\], missing: \['customers.age'\]\)"):
+        predict_gbdt(con, two.spec, two.task, old_gbdt, "task_churn_live")
