@@ -101,7 +101,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-DEFAULT_SCALE = 30_000
+DEFAULT_SCALE = 10_000
 DEFAULT_END = datetime(2025, 12, 31, 23, 59, 59)
 TABLES = ("categories", "products", "customers", "orders", "order_items", "returns", "reviews")
 
