@@ -78,7 +78,8 @@ def cmd_run(args) -> int:
         raise SystemExit(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(ALL_MODELS)}")
     keys = [[spec.name, t] for t in spec.tables] + [[spec.name, task.name], [spec.name, "graph"]]
     keys += [[spec.name, task.name, m] for m in models]
-    keys += [[spec.name, task.name, "evaluation"], [spec.name, task.name, "predictions"]]
+    keys += [[spec.name, task.name, "evaluation"], [spec.name, task.name, "champion"],
+             [spec.name, task.name, "predictions"]]
     import dagster as dg
 
     selection = [dg.AssetKey(k) for k in keys]
