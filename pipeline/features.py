@@ -44,6 +44,7 @@ import pyarrow.compute as pc
 import torch
 
 from pipeline.spec import DatasetSpec, TableSpec
+from pipeline.sqlutil import q as quote
 
 FEATURE_KINDS = ("numeric", "boolean", "categorical", "timestamp", "text")
 ENCODERS_FORMAT = 1
@@ -173,11 +174,6 @@ class Encoders:
             for name, t in raw["tables"].items()
         }
         return cls(fit_cutoff=raw["fit_cutoff"], config=dict(raw["config"]), tables=tables)
-
-
-def quote(name: str) -> str:
-    """A DuckDB identifier, quoted (names may hold quotes, spaces, unicode)."""
-    return '"' + name.replace('"', '""') + '"'
 
 
 def literal(text: str) -> str:

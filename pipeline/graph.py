@@ -46,10 +46,11 @@ from torch_geometric.data import HeteroData
 
 from pipeline.features import (
     BATCH_ROWS, Encoders, FeatureConfig, duckdb_threads, encode_table, feature_meta,
-    fit_encoders, quote, row_index, table_columns, table_size, utc_naive,
+    fit_encoders, row_index, table_columns, table_size, utc_naive,
 )
 from pipeline.paths import DataPaths
 from pipeline.spec import DatasetSpec, TableSpec
+from pipeline.sqlutil import q as quote
 
 # Bump when the stored layout or any encoding changes, so old cache entries are not reused.
 GRAPH_FORMAT = 1

@@ -32,6 +32,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.spec import DatasetSpec, ForeignKey, TableSpec
+from pipeline.sqlutil import q
 
 ROW = "__row"
 ID = "__id"
@@ -66,11 +67,6 @@ class WarehouseError(ValueError):
     def __init__(self, message: str, problems: list[Problem] | None = None):
         super().__init__(message)
         self.problems = list(problems or [])
-
-
-def q(name: str) -> str:
-    """Quote an identifier for DuckDB: any name (quotes, spaces, keywords, unicode) is safe."""
-    return '"' + str(name).replace('"', '""') + '"'
 
 
 # Scratch tables live in the connection's temp schema and are dropped before COMMIT.

@@ -45,6 +45,7 @@ import pyarrow as pa
 
 from pipeline.evaluate import MetricWarning, compute_metrics
 from pipeline.spec import LOWER_IS_BETTER, DatasetSpec, ForeignKey, TaskSpec
+from pipeline.sqlutil import q
 
 TOP_K = 10
 _P_CUT, _A_CUT, _C_CUT = 'p."cutoff"', 'a."cutoff"', 'c."cutoff"'
@@ -112,11 +113,6 @@ class GBDTResult:
     test_metrics: dict[str, float]
     history: list[dict] = field(default_factory=list)
     importances: dict[str, float] = field(default_factory=dict)
-
-
-def q(name: str) -> str:
-    """Quote an SQL identifier; embedded double quotes are doubled."""
-    return '"' + str(name).replace('"', '""') + '"'
 
 
 def _tbl(name: str) -> str:
