@@ -40,16 +40,10 @@ from pipeline.tasks import build_task_table, load_examples, task_cutoffs
 from pipeline.tracking import Tracker, TrackingError
 from pipeline.train import TrainConfig, Trainer, load_predictor
 from pipeline.warehouse import extract_table
+from shop import CHURN, RELGRAPH, shop_spec
 
 REPO = Path(__file__).resolve().parents[1]
-RELGRAPH = str(Path(sys.executable).parent / "relgraph")
 
-CHURN = """SELECT c.customer_id, t.cutoff, (COUNT(o.order_id) = 0)::INTEGER AS label
-FROM cutoffs t JOIN customers c ON TRUE
-LEFT JOIN orders o ON o.customer_id = c.customer_id
-     AND o.ordered_at > t.cutoff AND o.ordered_at <= t.window_end
-WHERE EXISTS (SELECT 1 FROM orders p WHERE p.customer_id = c.customer_id AND p.ordered_at <= t.cutoff)
-GROUP BY ALL"""
 TINY = TrainConfig(hidden=8, layers=1, fanouts=(4,), epochs=2, batch_size=64, max_steps_per_epoch=2)
 FAST_GBDT = GBDTConfig(n_estimators=20, early_stopping_rounds=5, num_threads=1)
 
@@ -87,13 +81,7 @@ def write_shop(root: Path, customers: pa.Table | None = None, orders: pa.Table |
     c, o = shop_tables()
     pq.write_table(c if customers is None else customers, src / "customers.parquet")
     pq.write_table(o if orders is None else orders, src / "orders.parquet")
-    spec = {"name": "shop", "source": {"kind": "parquet", "path": str(src)},
-            "tables": {"customers": {"primary_key": "customer_id"},
-                       "orders": {"primary_key": "order_id", "time_column": "ordered_at",
-                                  "foreign_keys": {"customer_id": "customers"}}},
-            "tasks": {"churn": {"type": "binary_classification", "entity_table": "customers",
-                                "label_sql": CHURN, "horizon": "30d", "val_cutoff": "latest - 60d",
-                                "test_cutoff": "latest - 30d", "num_train_cutoffs": 3}}}
+    spec = shop_spec("shop", src)
     path = root / "shop.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path

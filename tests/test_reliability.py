@@ -16,7 +16,6 @@ import re
 import resource
 import sqlite3
 import subprocess
-import sys
 from datetime import datetime
 from pathlib import Path
 
@@ -33,14 +32,8 @@ from pipeline.models.gbdt import GBDTConfig, build_features
 from pipeline.sources import SourceError, open_source
 from pipeline.spec import parse_spec
 from pipeline.warehouse import extract_table
+from shop import CHURN, RELGRAPH
 
-RELGRAPH = str(Path(sys.executable).parent / "relgraph")
-CHURN = """SELECT c.customer_id, t.cutoff, (COUNT(o.order_id) = 0)::INTEGER AS label
-FROM cutoffs t JOIN customers c ON TRUE
-LEFT JOIN orders o ON o.customer_id = c.customer_id
-     AND o.ordered_at > t.cutoff AND o.ordered_at <= t.window_end
-WHERE EXISTS (SELECT 1 FROM orders p WHERE p.customer_id = c.customer_id AND p.ordered_at <= t.cutoff)
-GROUP BY ALL"""
 
 
 def _shop(root: Path, customers: dict | None = None, label_sql: str = CHURN,

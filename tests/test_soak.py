@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
+from shop import shop_spec
 from dagster_duckdb import DuckDBResource
 
 from assets.definitions import dataset_assets
@@ -60,13 +61,7 @@ def _setup(root: Path) -> Path:
                              "country": rng.choice(["DE", "FR", "US"], 200)}),
                    src / "customers.parquet")
     pq.write_table(_orders(0, 2000, 0, 300, rng), src / "orders" / "part-000.parquet")
-    spec = {"name": "soak", "source": {"kind": "parquet", "path": str(src)},
-            "tables": {"customers": {"primary_key": "customer_id"},
-                       "orders": {"primary_key": "order_id", "time_column": "ordered_at",
-                                  "foreign_keys": {"customer_id": "customers"}}},
-            "tasks": {"churn": {"type": "binary_classification", "entity_table": "customers",
-                                "label_sql": CHURN, "horizon": "30d", "val_cutoff": "latest - 60d",
-                                "test_cutoff": "latest - 30d", "num_train_cutoffs": 3}}}
+    spec = shop_spec("soak", src, CHURN)
     path = root / "soak.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
