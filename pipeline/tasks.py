@@ -197,7 +197,8 @@ def split_summary(con: duckdb.DuckDBPyConnection, task: TaskSpec) -> dict:
             raise TaskError(f"task {task.name}: the {split} split has no examples; "
                             "check the cutoffs and the label SQL")
     if task.type == "binary_classification":
-        for split, s in out["splits"].items():
+        for split in SPLITS:  # train first: that is the split a user most needs to hear about
+            s = out["splits"][split]
             positives = round(s["positive_rate"] * s["examples"])
             if positives == 0 or positives == s["examples"]:
                 raise TaskError(f"task {task.name}: the {split} split has {positives} positive "
