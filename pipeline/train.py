@@ -4,6 +4,10 @@ Every epoch is a pure function of (seed, epoch, weights at its start): its shuff
 neighbour samples and its dropout masks are seeded from (seed, epoch). So a run killed in
 the middle of epoch k resumes from the checkpoint written after epoch k-1 and ends with
 the same weights, and the same metrics, as a run that was never interrupted.
+
+With `nproc` > 1 the same loop runs in that many processes under DistributedDataParallel
+(pipeline/distributed.py: how the epoch is split, how the processes are started); rank 0
+evaluates, early-stops for all of them and writes the checkpoints.
 """
 
 from __future__ import annotations
@@ -20,8 +24,10 @@ from typing import Callable
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from pipeline import distributed
 from pipeline.evaluate import compute_metrics
 from pipeline.models import ModelConfig, build_model
 from pipeline.models.heads import TaskHead
@@ -50,10 +56,16 @@ class TrainConfig:
     strategy: str = "last"         # most recent neighbours: recency is what churn turns on
     max_steps_per_epoch: int = 0   # 0: the whole training split every epoch
     amp: bool = True               # bf16 autocast, on CUDA only
+    nproc: int = 1                 # processes training together; batch_size is split across them
 
     def key(self) -> str:
         """A short hash naming this configuration (checkpoints are per configuration)."""
-        blob = json.dumps(asdict(self), sort_keys=True, default=list).encode()
+        fields = asdict(self)
+        if self.nproc == 1:
+            # Single-process keys stay what they were before `nproc` existed, so their
+            # checkpoints still resume; N processes take other steps, so they get their own.
+            del fields["nproc"]
+        blob = json.dumps(fields, sort_keys=True, default=list).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
 
@@ -73,6 +85,10 @@ class TrainResult:
     test_scores: np.ndarray = field(repr=False, default=None)
     val_true: object = field(repr=False, default=None)
     test_true: object = field(repr=False, default=None)
+    # nproc > 1: per epoch, the train examples each rank took ("per_rank") and the fewest
+    # and most times any one example was taken across ranks ("min", "max"; 1 and 1 when
+    # every example was taken exactly once).
+    coverage: list[dict] = field(default_factory=list)
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -124,15 +140,31 @@ def link_truth(ex: Examples) -> list[np.ndarray]:
 
 
 class Trainer:
-    """Trains one model on one task; `fit` returns a TrainResult."""
+    """Trains one model on one task; `fit` returns a TrainResult.
+
+    With `config.nproc` > 1, in a plain process the Trainer is a launcher: `fit` starts
+    the processes (its own model stays on the CPU and gets the best weights at the end);
+    inside the process group they form, it is one rank, and `fit` returns the result on
+    rank 0 and None elsewhere.
+    """
 
     def __init__(self, data, feature_meta: dict, task: TaskSpec, splits: dict[str, Examples],
                  config: TrainConfig, checkpoint_dir: Path, progress: bool = True,
                  log: Callable[[str], None] | None = None):
         self.task, self.splits, self.config = task, splits, config
-        self.device = resolve_device(config.device)
+        self.rank, self.world = distributed.group() if config.nproc > 1 else (0, 1)
+        if self.world not in (1, config.nproc):
+            raise ValueError(f"nproc={config.nproc}, but the process group has {self.world} processes")
+        self.launcher = config.nproc > 1 and self.world == 1
+        if self.launcher:
+            self.device = torch.device("cpu")  # the workers use the GPUs, not this process
+        else:
+            self.device = distributed.worker_device(config.device) if self.world > 1 else \
+                resolve_device(config.device)
         self.data = data.to(self.device)
         self.progress, self.log = progress, log or (lambda msg: None)
+        if self.rank != 0:
+            self.progress, self.log = False, lambda msg: None
         self.checkpoint_dir = Path(checkpoint_dir)
         self.feature_meta = feature_meta
         self.num_targets = (self.data[task.target_table].num_nodes
@@ -151,6 +183,16 @@ class Trainer:
             self.y_mean, self.y_std = float(y.mean()), float(y.std().clamp_min(1e-6))
         else:
             self.y_mean, self.y_std = 0.0, 1.0
+        # The module that takes training steps: under DDP a wrapper around the same
+        # parameters, which averages their gradients over the ranks in backward(). Some
+        # parameters take no part in a step (the last layer's updates of node types other
+        # than the entity's, relations absent from a batch), hence find_unused_parameters.
+        self.step_model = self.model
+        if self.world > 1:
+            self.step_model = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=True)
+        self.coverage: list[dict] = []
 
     # -- batches --------------------------------------------------------------
     def _loader(self, ex: Examples, shuffle: bool, seed: int):
@@ -178,8 +220,23 @@ class Trainer:
         return nn.functional.binary_cross_entropy_with_logits(out, target)
 
     # -- epochs ---------------------------------------------------------------
+    def _step(self, batch, ex: Examples, idx: torch.Tensor, weight: float = 1.0) -> float:
+        """One optimizer step on `batch` (examples `idx` of `ex`); the batch's mean loss.
+
+        `weight` scales the loss that is back-propagated (see `_train_epoch_ranks`)."""
+        with self._autocast():
+            out = self.step_model(batch)
+        loss = self._loss(out, ex, idx)
+        self.optimizer.zero_grad(set_to_none=True)
+        (loss * weight if weight != 1.0 else loss).backward()
+        nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.optimizer.step()
+        return float(loss.detach())
+
     def _train_epoch(self, epoch: int) -> tuple[float, int]:
         seed = self.config.seed * 100_003 + epoch
+        if self.world > 1:
+            return self._train_epoch_ranks(epoch, seed)
         torch.manual_seed(seed)
         self.model.train()
         ex = self.splits["train"]
@@ -190,20 +247,49 @@ class Trainer:
         for batch in bar:
             batch = batch.to(self.device)
             idx = batch[self.task.entity_table].input_id.cpu()
-            with self._autocast():
-                out = self.model(batch)
-            loss = self._loss(out, ex, idx)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
-            self.optimizer.step()
-            total += float(loss.detach()) * idx.numel()
+            total += self._step(batch, ex, idx) * idx.numel()
             seen += idx.numel()
             steps += 1
             bar.set_postfix(loss=f"{total / seen:.4f}")
             if self.config.max_steps_per_epoch and steps >= self.config.max_steps_per_epoch:
                 break
         return total / max(seen, 1), seen
+
+    def _train_epoch_ranks(self, epoch: int, seed: int) -> tuple[float, int]:
+        """This rank's part of epoch `epoch` (see `distributed.epoch_shard`); the mean loss
+        and the number of examples over all ranks.
+
+        Rank r's loss over its n_r examples of a global batch of g is back-propagated with
+        weight n_r * world / g: DDP averages gradients over the ranks, so the step follows
+        the gradient of the mean loss over the whole global batch, as one process would.
+        Dropout and neighbour samples are seeded from (seed, rank) and (seed, rank, step).
+        """
+        ex, cfg = self.splits["train"], self.config
+        steps = distributed.epoch_shard(len(ex), cfg.batch_size, self.world, self.rank, seed)
+        if cfg.max_steps_per_epoch:
+            steps = steps[:cfg.max_steps_per_epoch]
+        torch.manual_seed(distributed.derive_seed(seed, self.rank))
+        self.step_model.train()
+        counts = torch.zeros(len(ex), dtype=torch.long, device=self.device)
+        total = 0.0
+        for step, (part, global_size) in enumerate(steps):
+            loader = make_loader(self.data, self.task.entity_table, ex.entity[part],
+                                 ex.cutoff[part], list(cfg.fanouts),
+                                 batch_size=part.numel(), shuffle=False, strategy=cfg.strategy,
+                                 seed=distributed.derive_seed(seed, self.rank, step))
+            batch = next(iter(loader)).to(self.device)
+            # the examples this batch really holds, as indices into the split
+            idx = part[batch[self.task.entity_table].input_id.cpu()]
+            loss = self._step(batch, ex, idx, weight=idx.numel() * self.world / global_size)
+            total += loss * idx.numel()
+            counts.index_add_(0, idx.to(self.device), torch.ones_like(idx, device=self.device))
+        per_rank = distributed.all_gather_int(int(counts.sum()), self.device)
+        distributed.all_sum(counts)
+        loss_sum = distributed.all_sum(torch.tensor([total], dtype=torch.float64, device=self.device))
+        self.coverage.append({"epoch": epoch, "per_rank": per_rank,
+                              "min": int(counts.min()), "max": int(counts.max())})
+        seen = sum(per_rank)
+        return float(loss_sum) / max(seen, 1), seen
 
     def predict(self, ex: Examples, data=None) -> np.ndarray:
         """Scores for every example of `ex`, in order (see `predict_scores`)."""
@@ -242,7 +328,13 @@ class Trainer:
             return None
         return torch.load(path, map_location=self.device, weights_only=True)
 
-    def fit(self) -> TrainResult:
+    def fit(self) -> TrainResult | None:
+        if self.launcher:
+            result = distributed.launch(self)
+            best_state = self._load("best.pt")
+            if best_state is not None:
+                self.model.load_state_dict(best_state["model"])
+            return result
         cfg, metric = self.config, self.task.metric
         start_epoch, history, best, best_epoch, bad = 1, [], None, 0, 0
         state = self._load("last.pt")
@@ -260,6 +352,9 @@ class Trainer:
             loss, seen = self._train_epoch(epoch)
             train_time += time.perf_counter() - te
             train_seen += seen
+            if self.rank != 0:
+                bad, = distributed.broadcast_ints([bad], self.device)  # rank 0's decision
+                continue
             val_metrics, _ = self.evaluate("val")
             value = val_metrics[metric]
             history.append({"epoch": epoch, "train_loss": loss, f"val_{metric}": value})
@@ -278,6 +373,10 @@ class Trainer:
                                    "best_epoch": best_epoch, "bad": bad})
             self.log(f"{cfg.model} epoch {epoch}: train_loss={loss:.4f} val_{metric}={value:.4f}"
                      f"{' (best)' if best_epoch == epoch else ''}")
+            if self.world > 1:
+                distributed.broadcast_ints([bad], self.device)
+        if self.rank != 0:
+            return None
         best_state = self._load("best.pt")
         if best_state is not None:
             self.model.load_state_dict(best_state["model"])
@@ -291,7 +390,8 @@ class Trainer:
             checkpoint=str(self._ckpt_path("best.pt")),
             num_parameters=sum(p.numel() for p in self.model.parameters()),
             val_scores=val_scores, test_scores=test_scores,
-            val_true=self.truth(self.splits["val"]), test_true=self.truth(self.splits["test"]))
+            val_true=self.truth(self.splits["val"]), test_true=self.truth(self.splits["test"]),
+            coverage=self.coverage)
 
 
 @torch.no_grad()

@@ -1,0 +1,213 @@
+"""Multi-process training with torch.distributed: sharding, collectives, launcher, worker.
+
+`Trainer.fit()` with `TrainConfig.nproc = N > 1` calls `launch`, which writes the
+trainer's inputs (graph, examples, task, config) to a private temporary directory and
+starts N workers with torchrun (`python -m torch.distributed.run --standalone`). Each
+worker (`main`, this module run with `-m`) loads them memory-mapped, joins the process
+group (gloo on CPU, NCCL on CUDA, one GPU per rank) and runs the same `Trainer.fit`, in
+which DistributedDataParallel averages the gradients. Rank 0 evaluates, early-stops,
+writes the checkpoints and hands its `TrainResult` back; the launching process returns
+it, so the caller (and its MLflow logging) cannot tell one process from N but by speed.
+
+How an epoch is split (`epoch_shard`): the train split is permuted with the epoch's seed,
+cut into global batches of `batch_size`, and rank r takes positions r, r + N, ... of
+every global batch. A global batch is therefore the same whatever N is, every example is
+in exactly one rank's part, and every rank takes the same number of steps, so no rank
+waits in an all-reduce that another never starts, and nothing is padded. Ranks may hold
+one example more or less per step; each rank's loss is weighted by its share of the
+global batch so that DDP's average over ranks is the mean loss over the global batch.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import tempfile
+from collections import deque
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from pipeline.train import Trainer, TrainResult
+
+REPO = Path(__file__).resolve().parent.parent
+# Rank 0 evaluates and writes checkpoints while the other ranks wait in a collective;
+# that wait may be long on a big validation split. A rank that dies does not leave the
+# others waiting this long: torchrun stops every worker as soon as one fails.
+COLLECTIVE_TIMEOUT = timedelta(hours=6)
+
+
+def group() -> tuple[int, int]:
+    """(rank, world size) of this process; (0, 1) outside a process group."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed that is a hash of `parts` (one independent stream per rank and step)."""
+    state = np.random.SeedSequence([int(p) % 2**64 for p in parts]).generate_state(1, np.uint64)
+    return int(state[0] >> np.uint64(1))
+
+
+def check_shardable(n: int, batch_size: int, world: int) -> None:
+    """Every rank needs an example at every step: at least `world` examples and batch size."""
+    if world < 1:
+        raise ValueError(f"nproc must be at least 1, got {world}")
+    if n < world:
+        raise ValueError(f"the train split has {n} examples, fewer than the {world} processes "
+                         f"that would share it; use nproc <= {n}")
+    if batch_size < world:
+        raise ValueError(f"batch_size {batch_size} is split across {world} processes and must be "
+                         f"at least {world}")
+
+
+def epoch_shard(n: int, batch_size: int, world: int, rank: int, seed: int) -> list[tuple[Tensor, int]]:
+    """This rank's part of one epoch: per step, (indices into the split, global batch size).
+
+    perm = randperm(n) seeded with `seed` (the same on every rank); global batch k is
+    perm[k*batch_size : (k+1)*batch_size], and a last one with fewer than `world`
+    examples joins the one before it (so no rank is ever empty); rank r takes
+    global_batch[r::world]. Sizes: ceil((g - r) / world) of a global batch of g.
+    """
+    check_shardable(n, batch_size, world)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    bounds = list(range(0, n, batch_size)) + [n]
+    if len(bounds) > 2 and bounds[-1] - bounds[-2] < world:
+        del bounds[-2]
+    return [(perm[a:b][rank::world], b - a) for a, b in zip(bounds, bounds[1:])]
+
+
+def all_sum(t: Tensor) -> Tensor:
+    """`t` summed over all ranks, in place (a no-op outside a process group)."""
+    if group()[1] > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def all_gather_int(value: int, device: torch.device) -> list[int]:
+    """One integer from every rank, in rank order."""
+    world = group()[1]
+    if world == 1:
+        return [int(value)]
+    out = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(world)]
+    dist.all_gather(out, torch.tensor([int(value)], dtype=torch.long, device=device))
+    return [int(t) for t in out]
+
+
+def broadcast_ints(values: list[int], device: torch.device) -> list[int]:
+    """Rank 0's `values` on every rank."""
+    if group()[1] == 1:
+        return [int(v) for v in values]
+    t = torch.tensor([int(v) for v in values], dtype=torch.long, device=device)
+    dist.broadcast(t, src=0)
+    return t.tolist()
+
+
+def worker_device(name: str) -> torch.device:
+    """The device of this rank: its own GPU (LOCAL_RANK) under CUDA, else the CPU."""
+    from pipeline.train import resolve_device
+
+    device = resolve_device(name)
+    if device.type != "cuda":
+        return device
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.index is not None and group()[1] > 1:
+        raise ValueError(f"device '{name}' names one GPU, but {group()[1]} processes need one each; "
+                         f"use device 'cuda' (or 'auto')")
+    return torch.device("cuda", local)
+
+
+# -- launcher ------------------------------------------------------------------------
+def launch(trainer: Trainer) -> TrainResult:
+    """Run `trainer.fit()` in `trainer.config.nproc` processes; rank 0's TrainResult.
+
+    Worker output (rank 0's epoch lines, torchrun's messages) goes to `trainer.log`.
+    """
+    from pipeline.train import resolve_device
+
+    cfg = trainer.config
+    n = cfg.nproc
+    check_shardable(len(trainer.splits["train"]), cfg.batch_size, n)
+    if resolve_device(cfg.device).type == "cuda" and torch.cuda.device_count() < n:
+        raise ValueError(f"nproc={n} on CUDA needs {n} GPUs (one per process); this machine has "
+                         f"{torch.cuda.device_count()}")
+    with tempfile.TemporaryDirectory(prefix="relgraph-ddp-") as tmp:  # mode 0700: ours alone
+        job = Path(tmp)
+        torch.save({"data": trainer.data, "feature_meta": trainer.feature_meta, "task": trainer.task,
+                    "splits": trainer.splits, "config": cfg,
+                    "checkpoint_dir": str(trainer.checkpoint_dir)}, job / "job.pt")
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc-per-node={n}", "-m", "pipeline.distributed", str(job)]
+        # The workers import this checkout's pipeline/, installed or not.
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+            [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
+        tail: deque[str] = deque(maxlen=40)
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, start_new_session=True)
+        try:
+            for line in proc.stdout:
+                tail.append(line.rstrip())
+                trainer.log(line.rstrip())
+            code = proc.wait()
+        except BaseException:
+            # Interrupted (Ctrl-C, a Dagster run terminated): take the workers down with us.
+            _stop(proc)
+            raise
+        if code != 0 or not (job / "result.pkl").exists():
+            raise RuntimeError(f"distributed training of {cfg.model} with {n} processes failed "
+                               f"(exit code {code}); last output:\n" + "\n".join(tail))
+        with open(job / "result.pkl", "rb") as f:
+            return pickle.load(f)  # written by our own rank 0 into our private directory
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+    except ProcessLookupError:
+        return
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+# -- worker --------------------------------------------------------------------------
+def main(argv: list[str]) -> int:
+    """One rank (started by torchrun, which sets RANK, LOCAL_RANK, WORLD_SIZE)."""
+    from pipeline.train import Trainer, resolve_device
+
+    job = Path(argv[0])
+    # Our own file (see launch). Memory-mapped: the ranks share the graph's pages.
+    inputs = torch.load(job / "job.pt", weights_only=False, mmap=True)
+    cfg = inputs["config"]
+    cuda = resolve_device(cfg.device).type == "cuda"
+    if cuda:
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    dist.init_process_group("nccl" if cuda else "gloo", timeout=COLLECTIVE_TIMEOUT)
+    try:
+        trainer = Trainer(inputs["data"], inputs["feature_meta"], inputs["task"], inputs["splits"],
+                          cfg, Path(inputs["checkpoint_dir"]), progress=False,
+                          log=lambda msg: print(msg, flush=True))
+        result = trainer.fit()
+        if trainer.rank == 0:
+            tmp = job / "result.pkl.tmp"
+            with open(tmp, "wb") as f:
+                pickle.dump(result, f)
+            os.replace(tmp, job / "result.pkl")
+    finally:
+        dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
