@@ -15,7 +15,8 @@ from torch_geometric.data import HeteroData
 
 from pipeline.models import GNN_MODELS, ModelConfig, TaskHead, build_model
 from pipeline.models.encoders import NodeEncoder, RelativeTimeEncoder
-from pipeline.models.mpnn import BipartiteGCNConv, HeteroMPLayer, make_conv
+from pipeline.models.mpnn import MPNN_KINDS, BipartiteGCNConv, HeteroMPLayer, hop_plan, make_conv
+from pipeline.sampling import make_loader
 
 ENTITY = "customers"
 FEATURE_META = {
@@ -89,7 +90,8 @@ def seed_subgraph(
 def assemble(subgraphs: list[dict], drop_types: tuple[str, ...] = ()) -> HeteroData:
     """A disjoint sampled batch from per-seed subgraphs: per node type, nodes are
     ordered by (hop, seed), ``batch`` tags each node's seed, edges are relabelled
-    to batch-local ids, and ``num_sampled_nodes`` counts nodes per hop."""
+    to batch-local ids and ordered by their destination's hop, and ``num_sampled_nodes``
+    and ``num_sampled_edges`` count nodes and edges per hop."""
     data = HeteroData()
     num_hops = 1 + max(
         max(sg["nodes"][t]["hop"].tolist(), default=0) for sg in subgraphs for t in sg["nodes"]
@@ -139,8 +141,11 @@ def assemble(subgraphs: list[dict], drop_types: tuple[str, ...] = ()) -> HeteroD
             if (e := sg["edges"].get(et)) is not None
         ]
         ei = torch.cat(pieces, dim=1) if pieces else torch.zeros(2, 0, dtype=torch.long)
+        # as the sampler lays them out: edges ordered by their destination's hop
+        ei = ei[:, torch.argsort(ei[1], stable=True)]
+        dst_hop = torch.bucketize(ei[1], torch.tensor(data[dst_t].num_sampled_nodes).cumsum(0), right=True)
         data[et].edge_index = ei
-        data[et].num_sampled_edges = [0] + [ei.size(1)] + [0] * (num_hops - 2)
+        data[et].num_sampled_edges = torch.bincount(dst_hop, minlength=num_hops - 1)[: num_hops - 1].tolist()
     data[ENTITY].seed_time = torch.tensor([sg["seed_time"] for sg in subgraphs])
     data[ENTITY].batch_size = len(subgraphs)
     data[ENTITY].input_id = torch.arange(len(subgraphs))
@@ -468,3 +473,27 @@ def test_receptive_field_is_one_hop_per_layer():
             "sage", FEATURE_META, METADATA, ENTITY, ModelConfig(hidden=16, layers=layers)
         ).eval()
         assert torch.allclose(model(batch), model(flipped)) is not sees
+
+
+@pytest.mark.parametrize("name", [*MPNN_KINDS, "hgt"])
+@pytest.mark.parametrize("layers,fanouts", [(1, [4, 3]), (2, [4, 3]), (3, [4, 3]), (3, [5])])
+def test_trimming_outer_hops_changes_no_seed_output(name, layers, fanouts):
+    """Updating only the nodes a later layer reads gives the seeds the same embeddings."""
+    from test_sampling import random_tables, seeds_for, to_graph
+
+    data = to_graph(random_tables(0, 12, 120, 8, temporal_customers=True))
+    meta = {t: {"num": 2, "cat": [3], "text": 0, "ts": 0, "temporal": "time" in data[t]}
+            for t in data.node_types}
+    ids, cutoffs = seeds_for(data, ENTITY, 32, 1)
+    batch = next(iter(make_loader(data, ENTITY, ids, cutoffs, fanouts, batch_size=32,
+                                  strategy="uniform", seed=0)))
+    torch.manual_seed(0)
+    model = build_model(name, meta, data.metadata(), ENTITY, ModelConfig(hidden=16, layers=layers, heads=2)).eval()
+    plan = hop_plan(batch, layers, {et: batch[et].edge_index for et in batch.edge_types})
+    assert plan[-1][0][ENTITY] == 32  # the last layer updates the seeds only
+    assert sum(plan[0][0].values()) < sum(batch[t].num_nodes for t in batch.node_types) or layers > len(fanouts)
+    with torch.no_grad():
+        trimmed = model(batch)
+        model.trim = False
+        full = model(batch)
+    torch.testing.assert_close(trimmed, full)

@@ -145,3 +145,36 @@ def test_hgt_handles_missing_edge_types(layers):
     assert cut.shape == full.shape == (3, 16)
     # Products no longer reach the customers (with >= 2 layers they did).
     assert torch.allclose(cut, full, atol=1e-6) is (layers == 1)
+
+
+def test_cat_hetero_linear_matches_pyg_in_value_and_gradient():
+    from torch_geometric.nn import HeteroLinear
+
+    from pipeline.models.transformer import CatHeteroLinear
+
+    torch.manual_seed(0)
+    ref = HeteroLinear(4, 3, num_types=5, is_sorted=True, bias=False)
+    ours = CatHeteroLinear(4, 3, num_types=5, is_sorted=True, bias=False)
+    ours.load_state_dict(ref.state_dict())
+    type_vec = torch.tensor([0, 0, 2, 2, 2, 3, 4, 4])  # type 1 has no rows
+    x1 = torch.randn(8, 4, requires_grad=True)
+    x2 = x1.detach().clone().requires_grad_()
+    a, b = ref(x1, type_vec), ours(x2, type_vec)
+    torch.testing.assert_close(a, b)
+    (a * torch.arange(24.0).view(8, 3)).sum().backward()
+    (b * torch.arange(24.0).view(8, 3)).sum().backward()
+    torch.testing.assert_close(x1.grad, x2.grad)
+    torch.testing.assert_close(ref.weight.grad, ours.weight.grad)
+
+
+@pytest.mark.parametrize("group", [1, 2])
+def test_rgt_length_groups_give_the_one_batch_result(monkeypatch, group):
+    import pipeline.models.transformer as transformer
+
+    model = rgt()
+    subs = subgraphs((2, 0, 3, 1, 3, 2))
+    alone = torch.cat([model(assemble([sg])) for sg in subs])  # each seed by itself
+    monkeypatch.setattr(transformer, "SEEDS_PER_LENGTH_GROUP", 64)
+    torch.testing.assert_close(model(assemble(subs)), alone, atol=1e-5, rtol=1e-5)
+    monkeypatch.setattr(transformer, "SEEDS_PER_LENGTH_GROUP", group)
+    torch.testing.assert_close(model(assemble(subs)), alone, atol=1e-5, rtol=1e-5)

@@ -43,6 +43,41 @@ def edge_index_dict(batch: HeteroData, edge_types: list[tuple[str, str, str]]) -
     return {et: batch[et].edge_index for et in edge_types if et in present}
 
 
+def hop_plan(batch: HeteroData, layers: int, edge_index: dict) -> list | None:
+    r"""Per layer, how many nodes of each type to update and edges of each type to use.
+
+    The sampler lays nodes out hop by hop (``num_sampled_nodes[T][h]`` nodes of hop h)
+    and edges by the hop of their destination (``num_sampled_edges[r][h]``). With L
+    layers, layer :math:`i` (from 0) only needs new states for the nodes of hops
+    :math:`\le L-1-i`, since no later layer reads the others; those nodes' incoming
+    edges are the edges of hops :math:`\le L-1-i`. Keeping exactly these is the same
+    computation for the seeds as updating every node (PyG calls this trimming), and the
+    outer hops, which hold most of the nodes, are only read, never updated.
+
+    Returns ``[(num_dst per type, num_edges per edge type)] * layers``, or ``None``
+    when the batch does not record its hops (a batch not made by the sampler).
+    """
+    counts = {}
+    for t in batch.node_types:
+        per_hop = batch[t].get("num_sampled_nodes")
+        if per_hop is None:
+            return None
+        counts[t] = torch.as_tensor(per_hop).cumsum(0).tolist()
+    edge_counts = {}
+    for et in edge_index:
+        per_hop = batch[et].get("num_sampled_edges")
+        if per_hop is None:
+            return None
+        edge_counts[et] = torch.as_tensor(per_hop).cumsum(0).tolist()
+    plan = []
+    for i in range(layers):
+        keep = layers - 1 - i  # the deepest hop whose states are still needed
+        num_dst = {t: c[min(keep, len(c) - 1)] for t, c in counts.items()}
+        num_edges = {et: (c[min(keep, len(c) - 1)] if c else 0) for et, c in edge_counts.items()}
+        plan.append((num_dst, num_edges))
+    return plan
+
+
 class BipartiteGCNConv(MessagePassing):
     r"""Graph convolution with symmetric degree normalization on one edge type,
     which may join two different node types (Kipf & Welling, 2017).
@@ -188,7 +223,9 @@ class HeteroMPLayer(nn.Module):
             raise ValueError(f"norm must be 'layer' or 'none', got {norm!r}")
         if act not in ACTIVATIONS:
             raise ValueError(f"act must be one of {sorted(ACTIVATIONS)}, got {act!r}")
-        self.kind = kind
+        self.kind, self.aggr = kind, aggr
+        # HeteroConv holds the per-edge-type convolutions; forward calls them itself so
+        # that sources and destinations can be different slices of a type's nodes.
         self.conv = HeteroConv(
             {et: make_conv(kind, hidden, heads=heads, attn_dropout=dropout, act=act) for et in edge_types},
             aggr=aggr,
@@ -205,12 +242,25 @@ class HeteroMPLayer(nn.Module):
             if isinstance(n, nn.LayerNorm):
                 n.reset_parameters()
 
-    def forward(self, x_dict: dict[str, Tensor], edge_index_dict: dict) -> dict[str, Tensor]:
-        msg = self.conv(x_dict, edge_index_dict) if edge_index_dict else {}
+    def forward(self, x_dict: dict[str, Tensor], edge_index_dict: dict,
+                num_dst: dict[str, int] | None = None) -> dict[str, Tensor]:
+        """``num_dst[T]``: update only the first ``num_dst[T]`` nodes of type T (the
+        others are only message sources) and return just those; every edge must end
+        among them. A type it does not name, or ``None``, updates every node."""
+        dst = x_dict if num_dst is None else {t: h[: num_dst.get(t, h.size(0))] for t, h in x_dict.items()}
+        msgs: dict[str, list[Tensor]] = {}
+        for et, ei in edge_index_dict.items():
+            src, _, dtype = et
+            conv = self.conv.convs[et]
+            msgs.setdefault(dtype, []).append(conv((x_dict[src], dst[dtype]), ei))
         out = {}
-        for t, h in x_dict.items():
-            m = msg.get(t)
-            out[t] = self.norms[t](h if m is None else h + self.dropout(self.act(m)))
+        for t, h in dst.items():
+            if t not in msgs:
+                out[t] = self.norms[t](h)
+                continue
+            stacked = torch.stack(msgs[t])
+            m = stacked.sum(0) if self.aggr == "sum" else stacked.mean(0)
+            out[t] = self.norms[t](h + self.dropout(self.act(m)))
         return out
 
     def __repr__(self) -> str:
@@ -273,10 +323,18 @@ class HeteroGNN(nn.Module):
             HeteroMPLayer(kind, node_types, edge_types, hidden, aggr, norm, dropout, act, heads)
             for _ in range(layers)
         )
+        # Skip the work whose result cannot reach a seed (see hop_plan); off only to
+        # check that it changes nothing.
+        self.trim = True
 
     def forward(self, batch: HeteroData) -> Tensor:
         x_dict = self.encoder(batch)
         ei = edge_index_dict(batch, self.edge_types)
-        for layer in self.layers:
-            x_dict = layer(x_dict, ei)
+        plan = hop_plan(batch, len(self.layers), ei) if self.trim else None
+        for i, layer in enumerate(self.layers):
+            if plan is None:
+                x_dict = layer(x_dict, ei)
+            else:
+                num_dst, num_edges = plan[i]
+                x_dict = layer(x_dict, {et: e[:, : num_edges[et]] for et, e in ei.items()}, num_dst)
         return x_dict[self.entity_type][: num_seeds(batch, self.entity_type)]

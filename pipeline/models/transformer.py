@@ -13,11 +13,11 @@ from torch import Tensor, nn
 from torch_geometric.data import HeteroData
 # PyG's ModuleDict accepts any table name as a key (torch's rejects names with a dot).
 from torch_geometric.nn.module_dict import ModuleDict
-from torch_geometric.nn import HGTConv
+from torch_geometric.nn import HGTConv, HeteroLinear
 from torch_geometric.utils import degree, to_dense_batch
 
 from pipeline.models.encoders import DEFAULT_PERIODS_DAYS, NodeEncoder, NodeTypeEmbedding
-from pipeline.models.mpnn import HeteroMPLayer, edge_index_dict, num_seeds
+from pipeline.models.mpnn import HeteroMPLayer, edge_index_dict, hop_plan, num_seeds
 
 
 def node_hops(batch: HeteroData, node_type: str) -> Tensor:
@@ -69,6 +69,33 @@ def log_degree_features(
         if et in present and out[dst].size(0):
             out[dst][:, k] = torch.log1p(degree(batch[et].edge_index[1], out[dst].size(0)))
     return out
+
+
+class CatHeteroLinear(HeteroLinear):
+    r"""PyG's ``HeteroLinear`` (:math:`\mathbf{y}_i = \mathbf{x}_i W_{\tau(i)}`), with a
+    fallback that stacks the per-type products with one ``cat``.
+
+    Without pyg-lib, ``HeteroLinear`` writes each type's product into a slice of one
+    output tensor; autograd then copies the whole output gradient once per type, so
+    HGT's relation transforms (heads x edge types of them) cost more in backward than
+    the rest of the model. Here the rows are split once and the products concatenated,
+    whose backward passes are a gather and a split. Same parameters, same result.
+    """
+
+    def forward_naive(self, x: Tensor, type_ptr: Tensor) -> Tensor:
+        # split/unbind, not slicing: a slice's backward also fills a full-size zero tensor
+        parts = x.split((type_ptr[1:] - type_ptr[:-1]).tolist())
+        return torch.cat([p @ w for p, w in zip(parts, self.weight.unbind(0))])
+
+
+def hgt_conv(hidden: int, metadata, heads: int) -> HGTConv:
+    """PyG's HGTConv with :class:`CatHeteroLinear` relation transforms."""
+    conv = HGTConv(hidden, hidden, metadata, heads=heads)
+    for name in ("k_rel", "v_rel"):
+        old = getattr(conv, name)
+        setattr(conv, name, CatHeteroLinear(old.in_channels, old.out_channels, old.num_types,
+                                            is_sorted=old.is_sorted, bias=old.bias is not None))
+    return conv
 
 
 class HGT(nn.Module):
@@ -133,7 +160,7 @@ class HGT(nn.Module):
         }
         aliased = (list(self.node_alias.values()), list(self.edge_alias.values()))
         self.convs = nn.ModuleList(
-            HGTConv(hidden, hidden, aliased, heads=heads) for _ in range(layers)
+            hgt_conv(hidden, aliased, heads) for _ in range(layers)
         )
         self.norms = nn.ModuleList(
             ModuleDict(
@@ -142,19 +169,30 @@ class HGT(nn.Module):
             for _ in range(layers)
         )
         self.dropout = nn.Dropout(dropout)
+        self.trim = True  # off only to check that trimming changes nothing
 
     def forward(self, batch: HeteroData) -> Tensor:
         x_dict = self.encoder(batch)
         ei = edge_index_dict(batch, self.edge_types)
-        ei = {self.edge_alias[et]: e for et, e in ei.items()}
+        # Layer i keeps only what a later layer reads (see mpnn.hop_plan): each layer's
+        # output shrinks to the nodes of the hops still needed, and so does the next
+        # layer's input.
+        plan = hop_plan(batch, len(self.convs), ei) if self.trim else None
         alias = self.node_alias
-        for conv, norms in zip(self.convs, self.norms, strict=True):
-            out = conv({alias[t]: h for t, h in x_dict.items()}, ei) if ei else {}
+        for i, (conv, norms) in enumerate(zip(self.convs, self.norms, strict=True)):
+            num_dst, num_edges = plan[i] if plan is not None else ({}, {})
+            layer_ei = {self.edge_alias[et]: e[:, : num_edges.get(et, e.size(1))] for et, e in ei.items()}
+            out = conv({alias[t]: h for t, h in x_dict.items()}, layer_ei) if layer_ei else {}
             x_dict = {
-                t: norms[t](self.dropout(out[alias[t]]) if out.get(alias[t]) is not None else h)
+                t: norms[t](self.dropout(out[alias[t]]) if out.get(alias[t]) is not None else h)[
+                    : num_dst.get(t, h.size(0))]
                 for t, h in x_dict.items()
             }
         return x_dict[self.entity_type][: num_seeds(batch, self.entity_type)]
+
+
+# Seeds per attention call in RelationalGraphTransformer (grouped by subgraph size).
+SEEDS_PER_LENGTH_GROUP = 64
 
 
 class RelationalGraphTransformer(nn.Module):
@@ -290,7 +328,17 @@ class RelationalGraphTransformer(nn.Module):
 
     def forward(self, batch: HeteroData) -> Tensor:
         tok, mask = self.tokens(batch)
-        z = self.transformer(tok, src_key_padding_mask=~mask)[:, 0]
+        # Seeds' subgraphs differ a lot in size (on the e-commerce graph: median 25
+        # tokens, longest 150), and attention costs L^2 per seed at the padded length L.
+        # Seeds of similar length are therefore run together, each group padded only
+        # to its own longest: the same result as one padded batch, at a fraction of it.
+        lengths = mask.sum(1)
+        order = torch.argsort(lengths, stable=True)
+        parts = []
+        for idx in order.split(SEEDS_PER_LENGTH_GROUP):
+            width = max(int(lengths[idx].max()), 1)
+            parts.append(self.transformer(tok[idx, :width], src_key_padding_mask=~mask[idx, :width])[:, 0])
+        z = torch.cat(parts)[torch.argsort(order)] if parts else tok[:, 0]
         if self.global_tokens is not None:
             g = self.global_tokens.unsqueeze(0).expand(z.size(0), -1, -1)
             z = z + self.global_attn(z.unsqueeze(1), g, g, need_weights=False)[0].squeeze(1)
