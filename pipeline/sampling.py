@@ -25,6 +25,10 @@ Conventions:
   depends only on the batch key, its ``input_id`` and its *eligible* neighbourhood: data
   after its cutoff, or other seeds in the batch, cannot change it.
 * Seeds are taken as given (a seed whose own time is after its cutoff is still a seed).
+* Every sampled node also carries ``batch[T].degree``, int ``[N_T, k_T]``: its number of
+  eligible neighbours per incoming edge type (the edge types ending at ``T``, in
+  ``data.edge_types`` order), i.e. its true degree as of its seed's cutoff, however
+  few of them the fanout kept. The sampling itself computes these counts.
 
 The graph is indexed once (and cached per ``HeteroData`` object) into one CSC over all
 edge types: a segment per (destination node, incoming edge type), time-sorted inside
@@ -328,7 +332,7 @@ class TemporalSampler(BaseSampler):
         if input_id is None:
             input_id = torch.arange(inputs.node.numel())
         out = self._sample(inputs.input_type, inputs.node, inputs.time, input_id, key)
-        out.metadata = (inputs.input_id, inputs.time)
+        out.metadata = (inputs.input_id, inputs.time, out.metadata)
         return out
 
     def sample_from_edges(self, inputs: EdgeSamplerInput, neg_sampling=None):
@@ -354,15 +358,19 @@ class TemporalSampler(BaseSampler):
         seen = [0] * len(ix.node_types)
         seen[e] = batch_size
         hops: list[_Hop] = []
+        counts: list[Tensor] = []  # per hop: eligible neighbours [k_max, n] of its nodes
         for h, fanout in enumerate(self.fanouts):
             need_hash = uniform and h + 1 < len(self.fanouts)
-            hops.append(self._expand(frontier, cutoffs, fanout, need_hash, seen))
-            frontier = hops[-1].nodes
-        return self._assemble(e, seeds, hops)
+            hop, count = self._expand(frontier, cutoffs, fanout, need_hash, seen)
+            hops.append(hop)
+            counts.append(count)
+            frontier = hop.nodes
+        counts.append(self._eligible(frontier, cutoffs)[1])
+        return self._assemble(e, seeds, hops, counts)
 
     def _expand(self, fr: _Nodes, cutoffs: Tensor, fanout: int, need_hash: bool,
-                seen: list[int]) -> _Hop:
-        """One hop for the whole frontier.
+                seen: list[int]) -> tuple[_Hop, Tensor]:
+        """One hop for the whole frontier, and the frontier's eligible counts per row.
 
         Rows are (k, frontier node) pairs in k-major order, [k_max * n]: as the frontier
         comes in runs of one node type, the children of consecutive rows come in blocks
@@ -438,7 +446,7 @@ class TemporalSampler(BaseSampler):
                        + _runs_tensor(runs, shift, total, dev),
                        hash=child_hash, runs=runs)
         return _Hop(nodes=nodes, parent=fr.local.index_select(0, i),
-                    eid=ix.eid.index_select(0, pos), blocks=blocks)
+                    eid=ix.eid.index_select(0, pos), blocks=blocks), count
 
     def _eligible(self, fr: _Nodes, cutoffs: Tensor) -> tuple[Tensor, Tensor]:
         """Per row (k-major (k, frontier node)): segment start and eligible count."""
@@ -534,8 +542,12 @@ class TemporalSampler(BaseSampler):
             c = where[r, c + 1]
             out[r, c] = _randbelow(base[r, c] + _s64(rounds * _ROUND_C), count[r])
 
-    def _assemble(self, e: int, seeds: Tensor, hops: list[_Hop]) -> HeteroSamplerOutput:
-        """Hop-major runs -> per-type tensors: nodes by (type, hop), edges by (type, hop)."""
+    def _assemble(self, e: int, seeds: Tensor, hops: list[_Hop],
+                  counts: list[Tensor]) -> HeteroSamplerOutput:
+        """Hop-major runs -> per-type tensors: nodes by (type, hop), edges by (type, hop).
+
+        ``counts[h]``: eligible neighbours of hop h's nodes, k-major ``[k_max * n_h]``;
+        they become the per-type ``degree`` tensors, passed on as the output's metadata."""
         ix, dev = self.index, self.device
         n_types, n_et = len(ix.node_types), len(ix.edge_types)
         batch_size = seeds.numel()
@@ -551,9 +563,11 @@ class TemporalSampler(BaseSampler):
                 at += size
         node = torch.cat([seeds] + [hop.nodes.node for hop in hops])
         slot = torch.cat([torch.arange(batch_size, device=dev)] + [hop.nodes.slot for hop in hops])
+        k_max = ix.k_max
+        degree = torch.cat([c.view(k_max, -1).t() for c in counts]) if k_max else node.new_zeros(at, 0)
         index = _block_index([b for bs in node_blocks for b in bs], at, dev)
         if index is not None:
-            node, slot = node.index_select(0, index), slot.index_select(0, index)
+            node, slot, degree = (x.index_select(0, index) for x in (node, slot, degree))
         type_sizes = [sum(size for _, size in bs) for bs in node_blocks]
 
         per_edge = [[0] * n_et for _ in hops]
@@ -573,7 +587,10 @@ class TemporalSampler(BaseSampler):
         et_sizes = [sum(size for _, size in bs) for bs in edge_blocks]
 
         nt, et = ix.node_types, ix.edge_types
+        # column k of a type's degrees: its k-th incoming edge type (ix.into order)
+        degrees = {t: d[:, : len(ix.into[i])] for i, (t, d) in enumerate(zip(nt, degree.split(type_sizes)))}
         return HeteroSamplerOutput(
+            metadata=degrees,
             node=dict(zip(nt, node.split(type_sizes))),
             row=dict(zip(et, row.split(et_sizes))),
             col=dict(zip(et, col.split(et_sizes))),
@@ -625,6 +642,17 @@ def make_loader(data: HeteroData, entity_type: str, node_ids: Tensor, cutoffs: T
         raise ValueError(f"{entity_type}: {int(bad.sum())} seed ids outside 0..{n - 1} "
                          f"(first: {node_ids[bad][:5].tolist()})")
     sampler = TemporalSampler(data, fanouts, strategy=strategy, seed=seed, backend=backend)
-    return NodeLoader(data, node_sampler=sampler, input_nodes=(entity_type, node_ids.long()),
-                      input_time=cutoffs, batch_size=batch_size, shuffle=shuffle,
-                      num_workers=num_workers, **kw)
+    return TemporalNodeLoader(data, node_sampler=sampler, input_nodes=(entity_type, node_ids.long()),
+                              input_time=cutoffs, batch_size=batch_size, shuffle=shuffle,
+                              num_workers=num_workers, **kw)
+
+
+class TemporalNodeLoader(NodeLoader):
+    """``NodeLoader`` that also puts the sampler's ``degree`` on each node type."""
+
+    def filter_fn(self, out):
+        data = super().filter_fn(out)
+        if len(out.metadata) > 2:  # the torch backend's degrees (pyg-lib gives none)
+            for t, d in out.metadata[2].items():
+                data[t].degree = d
+        return data

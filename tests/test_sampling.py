@@ -170,14 +170,18 @@ def check_batch(data: HeteroData, batch: HeteroData, entity: str, seeds: torch.T
 
         # Exact count, eligibility and (for `last`) identity per frontier node.
         src_time = data[s].time if "time" in data[s] else None
+        k = [g for g in data.edge_types if g[2] == d].index(et)
+        assert batch[d].degree.shape == (batch[d].num_nodes, sum(g[2] == d for g in data.edge_types))
         for v in range(batch[d].num_nodes):
             h = int(hop[d][v])
-            if h >= n_hops:
-                continue
             cut = int(seed_time[batch[d].batch[v]])
             into = (full[1] == batch[d].n_id[v]).nonzero().view(-1)
             if src_time is not None:
                 into = into[src_time[full[0, into]] <= cut]
+            # every node, the last hop's too, knows its degree as of its seed's cutoff
+            assert int(batch[d].degree[v, k]) == into.numel(), (et, v)
+            if h >= n_hops:
+                continue
             got = e_id[col == v]
             assert got.numel() == min(fanouts[h], into.numel()), (et, v)
             assert got.unique().numel() == got.numel()

@@ -134,7 +134,8 @@ class NodeTypeEmbedding(nn.Module):
 class _TypeEncoder(nn.Module):
     """Encodes the feature blocks of one node type; see :class:`NodeEncoder`."""
 
-    def __init__(self, node_type: str, meta: dict, hidden: int, periods_days: tuple[float, ...]):
+    def __init__(self, node_type: str, meta: dict, hidden: int, periods_days: tuple[float, ...],
+                 degree_cols: int = 0):
         super().__init__()
         self.node_type = node_type
         self.num_cols = int(meta.get("num", 0))
@@ -163,12 +164,13 @@ class _TypeEncoder(nn.Module):
         else:
             self.ts_time = None
             self.ts = None
+        self.degree = nn.Linear(degree_cols, hidden) if degree_cols else None
         # A static row has no age; it gets its own learned vector in place of one.
         self.static = None if self.temporal else nn.Parameter(torch.zeros(hidden))
         self.norm = nn.LayerNorm(hidden)
 
     def reset_parameters(self) -> None:
-        for m in (self.num, self.cat, self.text, self.ts, self.norm):
+        for m in (self.num, self.cat, self.text, self.ts, self.degree, self.norm):
             if m is not None:
                 m.reset_parameters()
         if self.static is not None:
@@ -215,6 +217,8 @@ class _TypeEncoder(nn.Module):
         if self.ts is not None:
             delta = node_seed_time.double().unsqueeze(1) - store.x_ts.double()
             out = out + self.ts(self.ts_time.features(delta).flatten(1))
+        if self.degree is not None and "degree" in store:
+            out = out + self.degree(torch.log1p(store.degree.float()))
         if self.temporal:
             if "time" not in store:
                 raise ValueError(
@@ -236,11 +240,16 @@ class NodeEncoder(nn.Module):
             + \sum_{c} E_{T,c}[x^{cat}_{v,c}]
             + W^{text}_T \mathbf{x}^{text}_v
             + W^{ts}_T [\phi(t_s - x^{ts}_{v,1}), \dots]
+            + W^{deg}_T \log(1 + \mathbf{d}_v)
             + \begin{cases} \phi_{node}(t_s - t_v) & T \text{ temporal} \\
                             \mathbf{s}_T & T \text{ static} \end{cases} \Big)
 
     with :math:`\phi` the :class:`RelativeTimeEncoder` and :math:`\mathbf{s}_T` a
-    learned static vector. Blocks with zero columns are skipped. Categorical
+    learned static vector. :math:`\mathbf{d}_v` counts, per edge type ending at
+    :math:`T`, the node's neighbours as of the seed's cutoff (the sampler's
+    ``degree``): how many orders a customer had placed, how many returns a product
+    had seen by then, however few of them the fanout kept. Blocks with zero columns
+    (or a batch without ``degree``, as pyg-lib's sampler makes) are skipped. Categorical
     code 0 (null / out of vocabulary) has its own embedding row.
 
     Args:
@@ -252,6 +261,8 @@ class NodeEncoder(nn.Module):
             (default: ``None``)
         periods_days (tuple[float, ...], optional): Periods of the sinusoidal time
             features. (default: ``(1.0, 7.0, 30.4375, 365.25)``)
+        edge_types (list[tuple[str, str, str]], optional): The graph's edge types, in
+            ``data.edge_types`` order; they size :math:`W^{deg}_T`. (default: none)
 
     Shapes:
         - **input:** a sampled ``HeteroData`` batch
@@ -265,6 +276,7 @@ class NodeEncoder(nn.Module):
         hidden: int,
         entity_type: str | None = None,
         periods_days: tuple[float, ...] = DEFAULT_PERIODS_DAYS,
+        edge_types: list[tuple[str, str, str]] = (),
     ):
         super().__init__()
         if entity_type is not None and entity_type not in feature_meta:
@@ -276,7 +288,8 @@ class NodeEncoder(nn.Module):
         self.entity_type = entity_type
         self.node_types = list(feature_meta)
         self.encoders = ModuleDict(
-            {t: _TypeEncoder(t, feature_meta[t], hidden, periods_days) for t in self.node_types}
+            {t: _TypeEncoder(t, feature_meta[t], hidden, periods_days,
+                             sum(et[2] == t for et in edge_types)) for t in self.node_types}
         )
         self.time = RelativeTimeEncoder(hidden, periods_days)
         self.reset_parameters()

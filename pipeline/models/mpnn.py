@@ -317,7 +317,7 @@ class HeteroGNN(nn.Module):
         self.edge_types = edge_types
         self.out_channels = hidden
         self.encoder = NodeEncoder(
-            {t: feature_meta[t] for t in node_types}, hidden, entity_type, periods_days
+            {t: feature_meta[t] for t in node_types}, hidden, entity_type, periods_days, edge_types
         )
         self.layers = nn.ModuleList(
             HeteroMPLayer(kind, node_types, edge_types, hidden, aggr, norm, dropout, act, heads)

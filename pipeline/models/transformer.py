@@ -149,7 +149,7 @@ class HGT(nn.Module):
         self.edge_types = edge_types
         self.out_channels = hidden
         self.encoder = NodeEncoder(
-            {t: feature_meta[t] for t in node_types}, hidden, entity_type, periods_days
+            {t: feature_meta[t] for t in node_types}, hidden, entity_type, periods_days, edge_types
         )
         # HGTConv names torch modules after the types, and a table name may hold a dot,
         # which torch refuses: the convolutions see positional aliases n<i> and e<j>.
@@ -271,7 +271,7 @@ class RelationalGraphTransformer(nn.Module):
         self.max_hops = max_hops
         self.out_channels = hidden
         self.encoder = NodeEncoder(
-            {t: feature_meta[t] for t in node_types}, hidden, entity_type, periods_days
+            {t: feature_meta[t] for t in node_types}, hidden, entity_type, periods_days, edge_types
         )
         self.type_emb = NodeTypeEmbedding(node_types, hidden)
         self.hop_emb = nn.Embedding(max_hops + 1, hidden)
