@@ -20,8 +20,10 @@ global batch so that DDP's average over ranks is the mean loss over the global b
 
 from __future__ import annotations
 
+import gc
 import os
 import pickle
+import re
 import signal
 import subprocess
 import sys
@@ -44,6 +46,8 @@ REPO = Path(__file__).resolve().parent.parent
 # that wait may be long on a big validation split. A rank that dies does not leave the
 # others waiting this long: torchrun stops every worker as soon as one fails.
 COLLECTIVE_TIMEOUT = timedelta(hours=6)
+# torch prefixes the traceback of an exception on a rank with "[rank<r>]: ".
+_RANK_ERROR = re.compile(r"\[rank\d+\]: [\w.]*(Error|Exception)\b")
 
 
 def group() -> tuple[int, int]:
@@ -152,12 +156,16 @@ def launch(trainer: Trainer) -> TrainResult:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(
             [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
         tail: deque[str] = deque(maxlen=40)
+        errors: list[str] = []  # "[rank1]: ValueError: ...": what a failing rank raised
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, start_new_session=True)
         try:
             for line in proc.stdout:
-                tail.append(line.rstrip())
-                trainer.log(line.rstrip())
+                line = line.rstrip()
+                tail.append(line)
+                if _RANK_ERROR.match(line) and len(errors) < 10:
+                    errors.append(line)
+                trainer.log(line)
             code = proc.wait()
         except BaseException:
             # Interrupted (Ctrl-C, a Dagster run terminated): take the workers down with us.
@@ -165,7 +173,8 @@ def launch(trainer: Trainer) -> TrainResult:
             raise
         if code != 0 or not (job / "result.pkl").exists():
             raise RuntimeError(f"distributed training of {cfg.model} with {n} processes failed "
-                               f"(exit code {code}); last output:\n" + "\n".join(tail))
+                               f"(exit code {code}): " + "\n".join(errors or ["no rank raised"])
+                               + "\nlast output:\n" + "\n".join(tail))
         with open(job / "result.pkl", "rb") as f:
             return pickle.load(f)  # written by our own rank 0 into our private directory
 
@@ -194,18 +203,24 @@ def main(argv: list[str]) -> int:
     if cuda:
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     dist.init_process_group("nccl" if cuda else "gloo", timeout=COLLECTIVE_TIMEOUT)
-    try:
-        trainer = Trainer(inputs["data"], inputs["feature_meta"], inputs["task"], inputs["splits"],
-                          cfg, Path(inputs["checkpoint_dir"]), progress=False,
-                          log=lambda msg: print(msg, flush=True))
-        result = trainer.fit()
-        if trainer.rank == 0:
-            tmp = job / "result.pkl.tmp"
-            with open(tmp, "wb") as f:
-                pickle.dump(result, f)
-            os.replace(tmp, job / "result.pkl")
-    finally:
-        dist.destroy_process_group()
+    trainer = Trainer(inputs["data"], inputs["feature_meta"], inputs["task"], inputs["splits"],
+                      cfg, Path(inputs["checkpoint_dir"]), progress=False,
+                      log=lambda msg: print(msg, flush=True))
+    result = trainer.fit()
+    if trainer.rank == 0:
+        tmp = job / "result.pkl.tmp"
+        with open(tmp, "wb") as f:
+            pickle.dump(result, f)
+        os.replace(tmp, job / "result.pkl")
+    # Teardown. No rank closes its connections while rank 0 is still evaluating: hence
+    # the barrier. Then the DDP wrapper goes first, while the process group is still
+    # registered: were it the group's last owner, the group's destructor would run
+    # holding the GIL and wait for gloo's worker thread, which may itself be waiting for
+    # the GIL (a deadlock at exit, seen here in about one run of three).
+    dist.barrier()
+    del trainer
+    gc.collect()
+    dist.destroy_process_group()
     return 0
 
 
