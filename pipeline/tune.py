@@ -1,0 +1,391 @@
+"""Hyper-parameter search on the validation split: what `relgraph tune` runs.
+
+One search is one model on one task: `trials` trials proposed by Optuna's TPE sampler
+(seeded, so a seed gives the same proposals), each a training run on split `train` that
+early-stops on, and is scored by, the task's metric on split `val`. Trial 0 is the
+configuration the pipeline ships (TrainConfig / GBDTConfig defaults), so the winner is
+the best on val of the shipped defaults and `trials - 1` proposals, and every model, graph
+model or LightGBM, gets the same number of trials (and the same timeout): no comparison
+is won by tuning one side only.
+
+The test split is never scored: graph models are given the train and val examples only
+(the Trainer's epoch loop runs here without `fit`'s final test evaluation), and LightGBM
+reads a temporary view of the task table without its test rows.
+
+MLflow (experiment `relgraph/<dataset>/<task>`): one parent run per search (tag and
+param `search=true`, tag `relgraph_role=search`, params `model`, `trials`, `seed`, the
+search space) and one nested run per trial (tag `relgraph_role=trial`) with the trial's
+params, its val metrics and its per-epoch curve. The result, best params included, is
+written to `results/<dataset>/<task>/tune_<model>.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+import time
+import warnings
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Callable, ContextManager
+
+import duckdb
+import optuna
+from optuna.distributions import (BaseDistribution, CategoricalDistribution, FloatDistribution,
+                                  IntDistribution)
+
+from pipeline.evaluate import MetricWarning
+from pipeline.experiment import GBDT_MODELS
+from pipeline.graph import GraphArtifact
+from pipeline.models import GNN_MODELS
+from pipeline.models.gbdt import GBDTConfig, train_gbdt
+from pipeline.paths import DataPaths
+from pipeline.spec import DatasetSpec, TaskSpec
+from pipeline.sqlutil import q
+from pipeline.tasks import load_examples, task_cutoffs
+from pipeline.tracking import Tracker, git_commit
+from pipeline.train import TrainConfig, Trainer
+
+# Graph models. `fanout` is the first hop's fanout; each further hop takes half as many
+# neighbours (16 -> (16, 8), the shipped default), so `layers` and the fanouts match.
+GRAPH_SPACE: dict[str, BaseDistribution] = {
+    "hidden": CategoricalDistribution((32, 64, 128)),
+    "layers": IntDistribution(1, 3),
+    "fanout": CategoricalDistribution((8, 16, 32)),
+    "lr": FloatDistribution(3e-4, 1e-2, log=True),
+    "dropout": FloatDistribution(0.0, 0.5),
+    "weight_decay": FloatDistribution(1e-6, 1e-2, log=True),
+}
+# Only the attention models read `heads`; every hidden width above is divisible by each.
+ATTENTION_SPACE: dict[str, BaseDistribution] = {"heads": CategoricalDistribution((2, 4, 8))}
+ATTENTION_MODELS = ("gat", "hgt", "rgt")
+GBDT_SPACE: dict[str, BaseDistribution] = {
+    "num_leaves": IntDistribution(8, 128, log=True),
+    "learning_rate": FloatDistribution(0.01, 0.2, log=True),
+    "min_child_samples": IntDistribution(5, 100, log=True),
+    "feature_fraction": FloatDistribution(0.5, 1.0),
+}
+# `lightgbm`'s counterpart of a graph model's depth: how far its aggregates reach
+# (`lightgbm_flat` reads the entity's own row only and has no such knob).
+GBDT_HOPS_SPACE: dict[str, BaseDistribution] = {"max_hops": IntDistribution(1, 3)}
+
+
+def search_space(model: str) -> dict[str, BaseDistribution]:
+    """The default search space of `model` (names are config fields, but `fanout`)."""
+    if model in GNN_MODELS:
+        return {**GRAPH_SPACE, **(ATTENTION_SPACE if model in ATTENTION_MODELS else {})}
+    if model in GBDT_MODELS:
+        return {**GBDT_SPACE, **(GBDT_HOPS_SPACE if model == "lightgbm" else {})}
+    raise ValueError(f"unknown model '{model}'; choose from {', '.join(GNN_MODELS + GBDT_MODELS)}")
+
+
+def default_config(model: str) -> TrainConfig | GBDTConfig:
+    """The configuration `relgraph run` trains `model` with."""
+    return GBDTConfig() if model in GBDT_MODELS else TrainConfig(model=model)
+
+
+def trial_config(model: str, base: TrainConfig | GBDTConfig, params: dict):
+    """`base` with the searched `params` set (for graph models, `fanout` and `layers`
+    become the matching `fanouts`)."""
+    if model in GBDT_MODELS:
+        return replace(base, **params)
+    fields = {k: v for k, v in params.items() if k != "fanout"}
+    cfg = replace(base, model=model, **fields)
+    if "fanout" in params or "layers" in params:
+        first = params.get("fanout", base.fanouts[0])
+        cfg = replace(cfg, fanouts=tuple(max(first >> i, 1) for i in range(cfg.layers)))
+    return cfg
+
+
+def base_params(model: str, base: TrainConfig | GBDTConfig,
+                space: dict[str, BaseDistribution]) -> dict:
+    """The point of `space` that is `base` (trial 0); a clear error when there is none."""
+    params = {name: base.fanouts[0] if name == "fanout" else getattr(base, name) for name in space}
+    outside = [f"{n}={v!r} (space: {space[n]})" for n, v in params.items()
+               if not _contains(space[n], v)]
+    if outside:
+        raise ValueError(f"{model}: the base configuration lies outside the search space: "
+                         f"{'; '.join(outside)}; widen the space or change the base")
+    rebuilt = trial_config(model, base, params)
+    if rebuilt != (base if model in GBDT_MODELS else replace(base, model=model)):
+        raise ValueError(f"{model}: the base configuration is not a point of the search space "
+                         f"(fanouts {base.fanouts} are not the first hop's fanout halved at "
+                         f"each of {base.layers} layers); use such fanouts or search 'fanouts' apart")
+    return params
+
+
+def _contains(dist: BaseDistribution, value) -> bool:
+    if isinstance(dist, CategoricalDistribution):
+        return value in dist.choices
+    return dist.low <= value <= dist.high
+
+
+def _suggest(trial: optuna.Trial, name: str, dist: BaseDistribution):
+    if isinstance(dist, CategoricalDistribution):
+        return trial.suggest_categorical(name, dist.choices)
+    if isinstance(dist, IntDistribution):
+        return trial.suggest_int(name, dist.low, dist.high, step=dist.step, log=dist.log)
+    return trial.suggest_float(name, dist.low, dist.high, step=dist.step, log=dist.log)
+
+
+@dataclass
+class _Outcome:
+    """What one trial measured on val: all of the task's metrics at the best epoch."""
+
+    val_metrics: dict[str, float]
+    best_epoch: int
+    history: list[dict]
+
+
+def _graph_trial(cfg: TrainConfig, data, graph: GraphArtifact, task: TaskSpec, splits: dict,
+                 workdir: Path) -> _Outcome:
+    """Train on `train`, evaluate `val` after every epoch, stop after `patience` epochs
+    without improvement: `Trainer.fit`'s loop, without its checkpoints and without its
+    final evaluation of test. The best epoch's val metrics are the ones `fit` reports
+    (it reloads that epoch's weights and scores val with the same seeded sampler)."""
+    trainer = Trainer(data, graph.feature_meta, task, splits, cfg, workdir, progress=False)
+    metric = task.metric
+    history, best, best_epoch, bad, best_metrics = [], None, 0, 0, {}
+    for epoch in range(1, cfg.epochs + 1):
+        if bad >= cfg.patience:
+            break
+        loss, _ = trainer._train_epoch(epoch)
+        metrics, _ = trainer.evaluate("val")
+        history.append({"epoch": epoch, "train_loss": loss, f"val_{metric}": metrics[metric]})
+        if trainer._better(metrics[metric], best):
+            best, best_epoch, bad, best_metrics = metrics[metric], epoch, 0, metrics
+        else:
+            bad += 1
+    return _Outcome(best_metrics, best_epoch, history)
+
+
+def _gbdt_trial(connect: Callable[[], ContextManager[duckdb.DuckDBPyConnection]],
+                spec: DatasetSpec, task: TaskSpec, model: str, cfg: GBDTConfig) -> _Outcome:
+    """train_gbdt on a temporary view of the task table without its test rows: the
+    features, the early stopping on val and the val metrics are those of a full run."""
+    view = f"tune_{task.name}_train_val"
+    with connect() as con:
+        con.execute(f"CREATE OR REPLACE TEMP VIEW {q(view)} AS SELECT * FROM main.{q(f'task_{task.name}')} "
+                    "WHERE split IN ('train', 'val')")
+        try:
+            with warnings.catch_warnings():
+                # the empty test split's metrics are NaN by construction; nothing to report
+                warnings.filterwarnings("ignore", message="test: ", category=MetricWarning)
+                res = train_gbdt(con, spec, task, flat=(model == "lightgbm_flat"), config=cfg,
+                                 task_table=view)
+        finally:
+            con.execute(f"DROP VIEW IF EXISTS {q(view)}")
+    history = [{k: v for k, v in row.items() if k == "epoch" or k.startswith("val_")}
+               for row in res.history]
+    return _Outcome(res.val_metrics, res.model.best_iteration, history)
+
+
+def tune(connect: Callable[[], ContextManager[duckdb.DuckDBPyConnection]], spec: DatasetSpec,
+         task: TaskSpec, graph: GraphArtifact | None, model: str, trials: int, *,
+         paths: DataPaths, tracker: Tracker | None = None, seed: int = 0,
+         timeout_s: float | None = None, base: TrainConfig | GBDTConfig | None = None,
+         space: dict[str, BaseDistribution] | None = None,
+         log: Callable[[str], None] = print) -> dict:
+    """Search `model`'s hyper-parameters on val; write and return the result dict.
+
+    `connect()` opens the warehouse (read-only is enough). `graph` is needed by graph
+    models only. `base` (default: the shipped configuration) fixes every field that is
+    not searched (epochs, patience, batch size, the training seed, ...) and is trial 0;
+    `space` defaults to `search_space(model)`. `seed` seeds the sampler. The search stops
+    after `trials` trials or, when `timeout_s` is given, at the first trial that ends
+    after it.
+    """
+    if trials < 1:
+        raise ValueError(f"trials must be at least 1, got {trials}")
+    space = search_space(model) if space is None else space
+    base = default_config(model) if base is None else base
+    graph_model = model in GNN_MODELS
+    if graph_model:
+        if graph is None:
+            raise ValueError(f"{model} is a graph model: tune needs the graph")
+        if base.nproc != 1:
+            raise ValueError(f"tune trains in one process; the base config has nproc={base.nproc}")
+        base = replace(base, model=model)
+    first = base_params(model, base, space)
+    metric = task.metric
+    experiment_id = parent_id = None
+    graph_hash = graph.hash if graph is not None else ""
+    tags = {"dataset": spec.name, "task": task.name, "search": "true",
+            **({"graph_hash": graph_hash} if graph_hash else {})}
+    if tracker is not None:
+        tracker.check()
+        experiment_id = tracker.experiment(spec.name, task.name)
+        parent_id = _start_search_run(tracker, experiment_id, model, tags, {
+            "search": "true", "model": model, "trials": trials, "seed": seed,
+            "timeout_s": timeout_s or "", "sampler": "TPESampler", "metric": metric,
+            "space": json.dumps({k: repr(v) for k, v in space.items()}),
+            "git_commit": git_commit() or ""})
+
+    with connect() as con:
+        cuts = task_cutoffs(con, spec, task)
+        # Only the splits a trial may look at are loaded at all.
+        splits = {s: load_examples(con, task, s) for s in ("train", "val")} if graph_model else {}
+    # The training graph holds no row after the test cutoff (rules of time).
+    data = graph.truncate(cuts.test) if graph_model else None
+
+    def objective(trial: optuna.Trial) -> float:
+        params = {name: _suggest(trial, name, dist) for name, dist in space.items()}
+        cfg = trial_config(model, base, params)
+        t0 = time.perf_counter()
+        if graph_model:
+            # The Trainer wants a checkpoint directory; this loop writes no checkpoint.
+            with tempfile.TemporaryDirectory() as workdir:
+                out = _graph_trial(cfg, data, graph, task, splits, Path(workdir))
+        else:
+            out = _gbdt_trial(connect, spec, task, model, cfg)
+        seconds = time.perf_counter() - t0
+        value = out.val_metrics.get(metric, math.nan)
+        trial.set_user_attr("val_metrics", out.val_metrics)
+        trial.set_user_attr("best_epoch", out.best_epoch)
+        trial.set_user_attr("seconds", seconds)
+        if tracker is not None:
+            run_id = tracker.log_model_run(
+                experiment_id, parent_id, model=model,
+                params={**asdict(cfg), **params, "trial": trial.number},
+                history=out.history,
+                metrics={**{f"val_{k}": v for k, v in out.val_metrics.items()},
+                         "best_epoch": out.best_epoch, "train_seconds": seconds},
+                tags={**tags, "trial": str(trial.number)})
+            _mark_trial(tracker, run_id, model, trial.number)
+            trial.set_user_attr("mlflow_run_id", run_id)
+        log(f"{model} trial {trial.number}: val_{metric}={value:.4f} ({seconds:.1f}s) "
+            + " ".join(f"{k}={_fmt(v)}" for k, v in params.items()))
+        return value  # NaN: Optuna records the trial as failed and goes on
+
+    started = time.perf_counter()
+    direction = "minimize" if task.lower_is_better else "maximize"
+    study = optuna.create_study(direction=direction, sampler=optuna.samplers.TPESampler(seed=seed))
+    study.enqueue_trial(first)
+    try:
+        study.optimize(objective, n_trials=trials, timeout=timeout_s)
+        result = _result(study, spec, task, model, metric, trials, seed, timeout_s, space, base,
+                         graph_hash, parent_id, time.perf_counter() - started)
+    except BaseException:
+        if tracker is not None:
+            tracker.client.set_terminated(parent_id, "FAILED")
+        raise
+    path = paths.results / spec.name / task.name / f"tune_{model}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2, default=float))
+    result["path"] = str(path)
+    if tracker is not None:
+        tracker.client.set_tag(parent_id, "best_trial", str(result["best"]["trial"]))
+        tracker.log_parent(parent_id, {
+            f"best_val_{metric}": result["best"]["value"],
+            f"defaults_val_{metric}": result["defaults"]["value"],
+            "trials_completed": result["trials_completed"]}, artifacts=[path], finish=True)
+    return result
+
+
+def _start_search_run(tracker: Tracker, experiment_id: str, model: str, tags: dict,
+                      params: dict) -> str:
+    from mlflow.entities import Param
+
+    client = tracker.client
+    run = client.create_run(experiment_id, run_name=f"tune {model}",
+                            tags={**tags, "model": model, "relgraph_role": "search"})
+    client.log_batch(run.info.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+    return run.info.run_id
+
+
+def _mark_trial(tracker: Tracker, run_id: str, model: str, number: int) -> None:
+    """A trial is not a model run of the pipeline: its role and name say so (the Tracker
+    logs every nested run as role `model`)."""
+    from mlflow.entities import RunTag
+
+    tracker.client.log_batch(run_id, tags=[RunTag("relgraph_role", "trial"),
+                                           RunTag("mlflow.runName", f"{model} trial {number}")])
+
+
+def _result(study: optuna.Study, spec: DatasetSpec, task: TaskSpec, model: str, metric: str,
+            trials: int, seed: int, timeout_s: float | None, space: dict, base, graph_hash: str,
+            parent_id: str | None, seconds: float) -> dict:
+    rows = [{"trial": t.number, "state": t.state.name,
+             "value": t.value if t.value is not None else math.nan, "params": t.params,
+             **{k: t.user_attrs.get(k) for k in ("best_epoch", "seconds", "val_metrics",
+                                                 "mlflow_run_id")}}
+            for t in study.trials]
+    done = [r for r in rows if r["state"] == "COMPLETE"]
+    if not rows:
+        raise ValueError(f"{spec.name}/{task.name}/{model}: timeout_s={timeout_s} ended the "
+                         "search before its first trial")
+    if not done:
+        raise ValueError(f"{spec.name}/{task.name}/{model}: no trial gave a finite val_{metric} "
+                         f"({len(rows)} trials); look at the val split's labels")
+    best = study.best_trial
+    defaults = rows[0]
+    gain = best.value - defaults["value"]
+    return {
+        "dataset": spec.name, "task": task.name, "model": model, "metric": metric,
+        "direction": study.direction.name.lower(), "seed": seed, "sampler": "TPESampler",
+        "trials_requested": trials, "trials_completed": len(done), "timeout_s": timeout_s,
+        "seconds": seconds, "graph_hash": graph_hash,
+        "experiment": f"relgraph/{spec.name}/{task.name}", "mlflow_parent_run_id": parent_id,
+        "space": {k: repr(v) for k, v in space.items()},
+        "defaults": {"trial": 0, "params": defaults["params"], "value": defaults["value"]},
+        "best": {"trial": best.number, "params": best.params, "value": best.value,
+                 "best_epoch": best.user_attrs["best_epoch"],
+                 "config": asdict(trial_config(model, base, best.params))},
+        # positive: the best trial beats the shipped defaults on val (in the metric's direction)
+        "improvement": -gain if task.lower_is_better else gain,
+        "trials": rows,
+    }
+
+
+def summary(result: dict) -> str:
+    """The best params and how they compare with the shipped defaults on val, in words."""
+    m, best, dflt = result["metric"], result["best"], result["defaults"]
+    head = (f"{result['dataset']} / {result['task']} / {result['model']}: "
+            f"{result['trials_completed']} of {result['trials_requested']} trials, "
+            f"TPE seed {result['seed']}, {result['seconds']:.0f}s; scored on val only")
+    params = "best params: " + " ".join(f"{k}={_fmt(v)}" for k, v in best["params"].items())
+    if best["trial"] == dflt["trial"]:
+        line = f"the shipped defaults won: val_{m}={best['value']:.4f} (trial 0); no trial beat them"
+    else:
+        line = (f"best val_{m}={best['value']:.4f} (trial {best['trial']}) vs shipped defaults "
+                f"{dflt['value']:.4f} (trial 0): {result['improvement']:+.4f}"
+                f"{'' if result['improvement'] >= 0 else ' (worse)'}")
+    return "\n".join([head, params, line, f"written to {result['path']}",
+                      f"MLflow experiment: {result['experiment']} (parent run "
+                      f"{result['mlflow_parent_run_id']})"])
+
+
+def _fmt(v) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def tune_dataset(spec: DatasetSpec, task: TaskSpec, model: str, trials: int, *, seed: int = 0,
+                 timeout_s: float | None = None, epochs: int | None = None,
+                 paths: DataPaths | None = None, log: Callable[[str], None] = print) -> dict:
+    """`tune` on a data directory whose warehouse, task table and graph are built (what
+    `relgraph tune` runs after materializing them); `epochs` is the graph models' budget."""
+    from pipeline.features import FeatureConfig
+    from pipeline.graph import build_graph
+    from pipeline.tasks import encoder_fit_cutoff
+
+    paths = paths or DataPaths.from_env()
+
+    @contextmanager
+    def connect():
+        con = duckdb.connect(str(paths.warehouse), read_only=True)
+        try:
+            yield con
+        finally:
+            con.close()
+
+    graph, base = None, default_config(model)
+    if model in GNN_MODELS:
+        with connect() as con:  # the cached graph the training assets use
+            graph = build_graph(con, spec, encoder_fit_cutoff(con, spec), FeatureConfig(),
+                                paths.graphs / spec.name)
+        if epochs:
+            base = replace(base, epochs=epochs)
+    return tune(connect, spec, task, graph, model, trials, paths=paths,
+                tracker=Tracker.default(paths), seed=seed, timeout_s=timeout_s, base=base, log=log)
