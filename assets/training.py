@@ -32,6 +32,9 @@ class TrainingConfig(dg.Config):
     seed: int = 0
     seeds: int = 1
     max_steps_per_epoch: int = 0
+    # graph models: processes that train together (torchrun + DDP; one GPU each on CUDA);
+    # batch_size is the batch of all of them together. LightGBM models ignore it.
+    nproc: int = 1
     gbdt_num_leaves: int = _GBDT_DEFAULTS.num_leaves
     gbdt_learning_rate: float = _GBDT_DEFAULTS.learning_rate
 
@@ -59,7 +62,7 @@ def _training_asset(spec: DatasetSpec, task_name: str, model: str) -> dg.AssetsD
                            batch_size=config.batch_size, lr=config.lr,
                            weight_decay=config.weight_decay, dropout=config.dropout,
                            patience=config.patience, seed=config.seed, device=compute.device,
-                           max_steps_per_epoch=config.max_steps_per_epoch)
+                           max_steps_per_epoch=config.max_steps_per_epoch, nproc=config.nproc)
         gcfg = GBDTConfig(num_leaves=config.gbdt_num_leaves, learning_rate=config.gbdt_learning_rate)
         ctx = RunContext(paths=p, tracker=mlflow.tracker(p), dagster_run_id=context.run_id,
                          log=context.log.info, progress=False)

@@ -1,6 +1,7 @@
 """The `relgraph` command. Every sub-command runs the same Dagster assets as the UI, in process.
 
-    relgraph run   --dataset SPEC [--task T] [--models sage,gat] [--seeds N] [--scale N]
+    relgraph run   --dataset SPEC [--task T] [--models sage,gat] [--seeds N] [--scale N] [--nproc N]
+    relgraph train --dataset SPEC [--task T] [--model sage] [--nproc N] [--epochs E] [--seeds N]
     relgraph graph --dataset SPEC [--scale N]
     relgraph ui    [--dagster-port 3000] [--mlflow-port 5000]
     relgraph bench [--quick]
@@ -83,10 +84,8 @@ def cmd_run(args) -> int:
     import dagster as dg
 
     selection = [dg.AssetKey(k) for k in keys]
-    overrides = {"seeds": args.seeds}
-    if args.epochs:
-        overrides["epochs"] = args.epochs
-    run_config = {"ops": {_op_name([spec.name, task.name, m]): {"config": overrides} for m in models}}
+    run_config = {"ops": {_op_name([spec.name, task.name, m]): {"config": _overrides(args)}
+                          for m in models}}
     result = _materialize(spec, selection, run_config)
     report = comparison(DataPaths.from_env(), spec, task, run_id=result.run_id)
     print(f"\n{spec.name} / {task.name}: {task.metric} "
@@ -94,6 +93,42 @@ def cmd_run(args) -> int:
     print(report.markdown)
     print(f"\nMLflow experiment: relgraph/{spec.name}/{task.name}  "
           f"(tracking store: {os.environ.get('MLFLOW_TRACKING_URI') or DataPaths.from_env().mlflow_uri()})")
+    return 0
+
+
+def _overrides(args) -> dict:
+    """TrainingConfig fields set on the command line."""
+    if args.nproc < 1:
+        raise SystemExit(f"--nproc must be at least 1, got {args.nproc}")
+    out = {"seeds": args.seeds, "nproc": args.nproc}
+    if args.epochs:
+        out["epochs"] = args.epochs
+    return out
+
+
+def cmd_train(args) -> int:
+    """Build what one model needs (warehouse, task table, graph) and train it, nothing more."""
+    from pipeline.experiment import ALL_MODELS
+
+    _prepare_env(args.dataset)
+    spec = _load(args)
+    if not spec.tasks:
+        raise SystemExit(f"{args.dataset}: the spec defines no task to train")
+    task = spec.task(args.task) if args.task else next(iter(spec.tasks.values()))
+    if args.model not in ALL_MODELS:
+        raise SystemExit(f"unknown model {args.model}; choose from {', '.join(ALL_MODELS)}")
+    import dagster as dg
+
+    keys = [[spec.name, t] for t in spec.tables] + [[spec.name, task.name], [spec.name, "graph"],
+                                                     [spec.name, task.name, args.model]]
+    op = _op_name([spec.name, task.name, args.model])
+    result = _materialize(spec, [dg.AssetKey(k) for k in keys],
+                          {"ops": {op: {"config": _overrides(args)}}})
+    meta = result.asset_materializations_for_node(op)[-1].metadata
+    m = task.metric
+    print(f"{spec.name} / {task.name} / {args.model} ({args.nproc} process"
+          f"{'es' if args.nproc > 1 else ''}): val_{m}={meta[f'val_{m}'].value:.4f} "
+          f"test_{m}={meta[f'test_{m}'].value:.4f}\nMLflow experiment: {meta['experiment'].value}")
     return 0
 
 
@@ -172,7 +207,20 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--seeds", type=int, default=1)
     run.add_argument("--scale", type=int, help="synthetic source only: number of customers")
     run.add_argument("--epochs", type=int, help="override the graph models' epoch budget")
+    run.add_argument("--nproc", type=int, default=1,
+                     help="processes per graph model (torchrun + DDP; one GPU each on CUDA)")
     run.set_defaults(func=cmd_run)
+
+    train = sub.add_parser("train", help="build the graph and train one model on one task")
+    train.add_argument("--dataset", default=default_spec)
+    train.add_argument("--task")
+    train.add_argument("--model", default="sage")
+    train.add_argument("--nproc", type=int, default=1,
+                       help="processes training together (torchrun + DDP; one GPU each on CUDA)")
+    train.add_argument("--epochs", type=int)
+    train.add_argument("--seeds", type=int, default=1)
+    train.add_argument("--scale", type=int, help="synthetic source only: number of customers")
+    train.set_defaults(func=cmd_train)
 
     graph = sub.add_parser("graph", help="build the warehouse, task tables and graph")
     graph.add_argument("--dataset", default=default_spec)
