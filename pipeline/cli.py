@@ -3,6 +3,7 @@
     relgraph run   --dataset SPEC [--task T] [--models sage,gat] [--seeds N] [--scale N] [--nproc N]
     relgraph train --dataset SPEC [--task T] [--model sage] [--nproc N] [--epochs E] [--seeds N]
     relgraph graph --dataset SPEC [--scale N]
+    relgraph tune  --dataset SPEC [--task T] --model M --trials N [--seed S] [--timeout-s X]
     relgraph ui    [--dagster-port 3000] [--mlflow-port 5000]
     relgraph bench [--quick]
 """
@@ -132,6 +133,33 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_tune(args) -> int:
+    """Build the warehouse, task table and graph, then search one model's hyper-parameters
+    on val (pipeline/tune.py); the test split is never scored."""
+    import dagster as dg
+    import optuna
+
+    from pipeline.experiment import ALL_MODELS
+    from pipeline.tune import summary, tune_dataset
+
+    _prepare_env(args.dataset)
+    spec = _load(args)
+    if not spec.tasks:
+        raise SystemExit(f"{args.dataset}: the spec defines no task to tune")
+    task = spec.task(args.task) if args.task else next(iter(spec.tasks.values()))
+    if args.model not in ALL_MODELS:
+        raise SystemExit(f"unknown model {args.model}; choose from {', '.join(ALL_MODELS)}")
+    if args.trials < 1:
+        raise SystemExit(f"--trials must be at least 1, got {args.trials}")
+    keys = [[spec.name, t] for t in spec.tables] + [[spec.name, task.name], [spec.name, "graph"]]
+    _materialize(spec, [dg.AssetKey(k) for k in keys])
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # tune logs one line per trial itself
+    result = tune_dataset(spec, task, args.model, args.trials, seed=args.seed,
+                          timeout_s=args.timeout_s, epochs=args.epochs)
+    print(summary(result))
+    return 0
+
+
 def cmd_graph(args) -> int:
     import dagster as dg
 
@@ -221,6 +249,18 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--seeds", type=int, default=1)
     train.add_argument("--scale", type=int, help="synthetic source only: number of customers")
     train.set_defaults(func=cmd_train)
+
+    tune = sub.add_parser("tune", help="search one model's hyper-parameters on the validation split")
+    tune.add_argument("--dataset", default=default_spec)
+    tune.add_argument("--task")
+    tune.add_argument("--model", required=True)
+    tune.add_argument("--trials", type=int, required=True,
+                      help="trials per search (trial 0 is the shipped defaults); use the same N for every model")
+    tune.add_argument("--seed", type=int, default=0, help="seed of the TPE sampler")
+    tune.add_argument("--timeout-s", type=float, help="stop starting trials after this many seconds")
+    tune.add_argument("--epochs", type=int, help="graph models: epoch budget of every trial")
+    tune.add_argument("--scale", type=int, help="synthetic source only: number of customers")
+    tune.set_defaults(func=cmd_tune)
 
     graph = sub.add_parser("graph", help="build the warehouse, task tables and graph")
     graph.add_argument("--dataset", default=default_spec)
