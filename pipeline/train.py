@@ -42,8 +42,8 @@ class TrainConfig:
 
     model: str = "sage"
     hidden: int = 64
-    layers: int = 2
-    fanouts: tuple[int, ...] = (16, 8)
+    layers: int = 3                # customer <- orders <- items <- products (with their degrees)
+    fanouts: tuple[int, ...] = (16, 8, 4)
     epochs: int = 12
     batch_size: int = 512
     lr: float = 3e-3
