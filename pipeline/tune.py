@@ -49,7 +49,8 @@ from pipeline.tracking import Tracker, git_commit
 from pipeline.train import TrainConfig, Trainer
 
 # Graph models. `fanout` is the first hop's fanout; each further hop takes half as many
-# neighbours (16 -> (16, 8), the shipped default), so `layers` and the fanouts match.
+# neighbours (16 with 3 layers -> (16, 8, 4), the shipped default), so `layers` and the
+# fanouts match.
 GRAPH_SPACE: dict[str, BaseDistribution] = {
     "hidden": CategoricalDistribution((32, 64, 128)),
     "layers": IntDistribution(1, 3),
