@@ -24,10 +24,13 @@ import gc
 import os
 import pickle
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from collections import deque
 from datetime import timedelta
 from pathlib import Path
@@ -149,7 +152,8 @@ def launch(trainer: Trainer) -> TrainResult:
         job = Path(tmp)
         torch.save({"data": trainer.data, "feature_meta": trainer.feature_meta, "task": trainer.task,
                     "splits": trainer.splits, "config": cfg,
-                    "checkpoint_dir": str(trainer.checkpoint_dir)}, job / "job.pt")
+                    "checkpoint_dir": str(trainer.checkpoint_dir), "launcher": os.getpid()},
+                   job / "job.pt")
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                f"--nproc-per-node={n}", "-m", "pipeline.distributed", str(job)]
         # The workers import this checkout's pipeline/, installed or not.
@@ -191,6 +195,29 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 # -- worker --------------------------------------------------------------------------
+def _exit_without(launcher: int, job: Path) -> None:
+    """End this rank if the launching process disappears, and remove its job directory.
+
+    A launcher killed outright (SIGKILL, an OOM kill) can neither stop torchrun, which
+    would train on for nobody, nor remove the copy of the graph it wrote; a rank that
+    exits makes torchrun stop the others and exit.
+    """
+    def watch() -> None:
+        while True:
+            time.sleep(2)
+            try:
+                os.kill(launcher, 0)
+            except ProcessLookupError:
+                # No message: whoever would have read it went with the launcher (and
+                # writing to its closed pipe would fail before the exit).
+                shutil.rmtree(job, ignore_errors=True)
+                os._exit(1)
+            except PermissionError:
+                pass  # alive, under another user
+
+    threading.Thread(target=watch, name="relgraph-launcher-watch", daemon=True).start()
+
+
 def main(argv: list[str]) -> int:
     """One rank (started by torchrun, which sets RANK, LOCAL_RANK, WORLD_SIZE)."""
     from pipeline.train import Trainer, resolve_device
@@ -198,6 +225,7 @@ def main(argv: list[str]) -> int:
     job = Path(argv[0])
     # Our own file (see launch). Memory-mapped: the ranks share the graph's pages.
     inputs = torch.load(job / "job.pt", weights_only=False, mmap=True)
+    _exit_without(inputs["launcher"], job)
     cfg = inputs["config"]
     cuda = resolve_device(cfg.device).type == "cuda"
     if cuda:
