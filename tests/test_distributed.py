@@ -11,9 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -175,17 +172,20 @@ def test_two_gpus_with_nccl(shop, tmp_path):
 # The command line and the Dagster asset
 
 
-def test_relgraph_train_nproc_through_dagster_to_mlflow(tmp_path):
+def test_relgraph_train_nproc_through_dagster_to_mlflow(tmp_path, monkeypatch, capsys):
+    """`relgraph train --nproc 2`, in this process (it runs the Dagster assets in process)."""
+    from pipeline.cli import main
+
     data = tmp_path / "data"
-    env = {**os.environ, "RELGRAPH_DATA": str(data), "OMP_NUM_THREADS": "1"}
-    env.pop("DAGSTER_HOME", None)
-    env.pop("MLFLOW_TRACKING_URI", None)
-    proc = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "train", "--scale", str(SCALE), "--model", "sage",
-         "--nproc", "2", "--epochs", "1"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    line = next(l for l in proc.stdout.splitlines() if l.startswith("ecommerce / customer_churn / sage"))
+    # main() points these at the data directory; monkeypatch puts them back afterwards
+    for name, value in (("RELGRAPH_DATA", str(data)), ("DAGSTER_HOME", str(data / "dagster")),
+                        ("RELGRAPH_DATASETS", "")):
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    code = main(["train", "--scale", str(SCALE), "--model", "sage", "--nproc", "2", "--epochs", "1"])
+    out = capsys.readouterr().out
+    assert code == 0, out[-3000:]
+    line = next(l for l in out.splitlines() if l.startswith("ecommerce / customer_churn / sage"))
     assert "(2 processes)" in line and "val_auroc=" in line, line
 
     from mlflow.tracking import MlflowClient
