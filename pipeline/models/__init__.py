@@ -38,7 +38,7 @@ class ModelConfig:
     aggr: str = "sum"
     norm: str = "layer"
     act: str = "relu"
-    max_tokens: int = 128
+    max_tokens: int = 64
     global_tokens: int = 4
     local_layers: int = 1
     max_hops: int = 8
