@@ -111,11 +111,14 @@ def _seeds(data: HeteroData, n: int, seed: int) -> tuple[torch.Tensor, torch.Ten
 
 def run(rows: int = 10_000_000, batches: int = 200, batch_size: int = 512,
         fanouts: tuple[int, ...] = (32, 16), threads: int = 1,
-        strategies: tuple[str, ...] = ("uniform", "last")) -> list[dict]:
+        strategies: tuple[str, ...] = ("uniform", "last"), quick: bool = False) -> list[dict]:
     """Measure; one dict per (strategy, mode) with seeds/s and sampled edges/s.
 
+    ``quick``: about 1M rows and 40 batches, whatever ``rows`` and ``batches`` say.
     ``index_build_s`` is the one-off index build (cached, so 0 after the first strategy).
     """
+    if quick:
+        rows, batches = 1_000_000, 40
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:

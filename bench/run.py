@@ -1,6 +1,11 @@
-"""Runs every benchmark and writes bench/results/<name>.json plus a markdown summary.
+"""Runs every benchmark and writes bench/results/<name>.json and <name>.md.
 
-    python -m bench.run [--quick] [--only generator,graph,sampler,scale]
+    python -m bench.run [--quick] [--only generator,graph,sampler,scale,train]
+
+Each benchmark module has `run(quick: bool) -> list[dict]`; its rows go to <name>.json
+with the machine they were measured on, and to <name>.md as a table (the module's
+`markdown(rows)` where it has one). A benchmark that writes its own <name>.json or
+<name>.md during its run (bench_scale) keeps that file.
 """
 
 from __future__ import annotations
@@ -8,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -15,7 +21,7 @@ from pathlib import Path
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
-BENCHES = ("generator", "graph", "sampler", "scale")
+BENCHES = ("generator", "graph", "sampler", "scale", "train")
 
 
 def machine() -> dict:
@@ -28,8 +34,6 @@ def machine() -> dict:
     except OSError:
         pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    import os
-
     return {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu, "torch": torch.__version__,
             "when": time.strftime("%Y-%m-%d %H:%M")}
 
@@ -60,11 +64,29 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.only.split(","):
         module = importlib.import_module(f"bench.bench_{name}")
         print(f"\n## {name}\n", flush=True)
+        paths = {ext: RESULTS / f"{name}.{ext}" for ext in ("json", "md")}
+        before = {ext: _mtime(path) for ext, path in paths.items()}
         rows = module.run(quick=args.quick)
-        (RESULTS / f"{name}.json").write_text(json.dumps({"machine": info, "rows": rows}, indent=2,
-                                                          default=str))
-        print(to_markdown(rows), flush=True)
+        table = module.markdown(rows) if hasattr(module, "markdown") else to_markdown(rows)
+        texts = {"json": json.dumps({"machine": info, "quick": args.quick, "rows": rows},
+                                    indent=2, default=str) + "\n",
+                 "md": f"{describe(info, args.quick)}\n\n{table}\n"}
+        for ext, path in paths.items():
+            if _mtime(path) == before[ext]:  # the benchmark did not write it itself
+                path.write_text(texts[ext])
+        print(table, flush=True)
     return 0
+
+
+def _mtime(path: Path) -> int | None:
+    return path.stat().st_mtime_ns if path.exists() else None
+
+
+def describe(info: dict, quick: bool) -> str:
+    """The machine line at the top of every <name>.md."""
+    gpu = f"GPU {info['gpu']}" if info["gpu"] else "no GPU (CPU numbers)"
+    return (f"Measured {info['when']} on {info['cpu']}, {info['cores']} cores, {gpu}, "
+            f"torch {info['torch']}{' (--quick)' if quick else ''}.")
 
 
 if __name__ == "__main__":
