@@ -137,6 +137,16 @@ def build_task_table(con: duckdb.DuckDBPyConnection, spec: DatasetSpec, task: Ta
     if unmatched:
         raise TaskError(f"{where}: {unmatched} rows name {entity.name} keys that are not in the "
                         f"table ({', '.join(keys)})")
+    if entity.time_column:
+        # An example of an entity that did not exist yet at its cutoff has nothing a model
+        # may see; it can only come from label SQL that forgot to ask for existing rows.
+        early = con.execute(
+            f"SELECT COUNT(*) FROM {out} o JOIN {q(entity.name)} e ON {join_e} "
+            f"WHERE e.{q(entity.time_column)} > o.cutoff").fetchall()[0][0]
+        if early:
+            raise TaskError(f"{where}: {early} rows name {entity.name} rows whose "
+                            f"{entity.time_column} is after the row's cutoff; restrict the label "
+                            f"SQL to {entity.name} that exist at the cutoff")
     if link:
         label_expr = f"o.{q(tkey)}, t.__id AS __target_id"
         join_t = f"JOIN {q(target.name)} t ON o.{q(tkey)} = t.{q(tkey)}"

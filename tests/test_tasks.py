@@ -139,3 +139,25 @@ def test_split_without_positives_is_reported(con):
     never = ANY.replace("(COUNT(o.order_id) > 0)::INTEGER", "0")
     with pytest.raises(TaskError, match=r"split has 0 positive labels out of \d+"):
         build_task_table(con, SPEC, _broken(never))
+
+
+def test_examples_of_entities_created_after_their_cutoff_are_refused(con):
+    """With a time column on customers, c3 (signed up 2025-02-01) cannot be an example at
+    the earlier cutoffs; label SQL that forgets to say so is refused with the count."""
+    con.execute("ALTER TABLE customers ADD COLUMN signup_at TIMESTAMP")
+    con.execute("UPDATE customers SET signup_at = CASE customer_id WHEN 'c3' THEN TIMESTAMP '2025-02-01' "
+                "ELSE TIMESTAMP '2024-01-01' END")
+    spec = parse_spec({
+        "name": "tiny", "source": {"kind": "duckdb", "path": "x.duckdb"},
+        "tables": {"customers": {"primary_key": "customer_id", "time_column": "signup_at"},
+                   "products": {"primary_key": "product_id"},
+                   "orders": {"primary_key": "order_id", "time_column": "ordered_at",
+                              "foreign_keys": {"customer_id": "customers", "product_id": "products"}}},
+        "tasks": {"spend": _task("regression", SPEND, metric="mae"),
+                  "spend_existing": _task("regression", SPEND.replace(
+                      "GROUP BY ALL", "WHERE c.signup_at <= t.cutoff GROUP BY ALL"), metric="mae")}})
+    with pytest.raises(TaskError, match=r"spend.label_sql: 3 rows name customers rows whose "
+                                        r"signup_at is after the row's cutoff"):
+        build_task_table(con, spec, spec.tasks["spend"])
+    assert not con.execute("SELECT * FROM duckdb_tables() WHERE table_name = 'task_spend'").fetchall()
+    build_task_table(con, spec, spec.tasks["spend_existing"])
