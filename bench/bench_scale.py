@@ -3,6 +3,8 @@
     .venv/bin/python -m bench.bench_scale            # ~0.1M, 0.3M, 1M, 3M rows
     .venv/bin/python -m bench.bench_scale --quick    # the two smallest
     .venv/bin/python -m bench.bench_scale --large    # and ~10M, ~30M rows (580k, 1.75M customers)
+    .venv/bin/python -m bench.bench_scale --large --model-stages-up-to 15000   # train and
+                                     # inference only at the small scales (a busy machine)
 
 The default stops at ~3M rows to stay near 20 minutes on a 2-core CPU machine: scoring
 every live entity with sage on CPU runs at a few hundred entities a second there, and
@@ -203,34 +205,38 @@ def _measured(fn, *args) -> dict:
 # ---------------------------------------------------------------------------------------
 
 
-def measure(customers: int, work: Path) -> dict:
-    """Every stage at one scale; `work` is emptied first and left for the caller to delete."""
+def measure(customers: int, work: Path, model_stages: bool = True) -> dict:
+    """Every stage at one scale (without train and inference when `model_stages` is
+    false: their cells are then None); `work` is emptied first and left for the caller
+    to delete."""
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     w = str(work)
     gen = _in_child(_generate, customers, w)
     stages = {"extract": _in_child(_extract, customers, w), "tasks": _in_child(_tasks, customers, w),
               "graph": _in_child(_graph, customers, w)}
-    stages["train"] = _in_child(_train, customers, w, stages["graph"]["graph"])
-    stages["inference"] = _in_child(_inference, customers, w, stages["graph"]["graph"],
-                                    stages["train"]["checkpoint"])
+    if model_stages:
+        stages["train"] = _in_child(_train, customers, w, stages["graph"]["graph"])
+        stages["inference"] = _in_child(_inference, customers, w, stages["graph"]["graph"],
+                                        stages["train"]["checkpoint"])
     row = {"customers": customers, "rows": stages["extract"]["rows"],
            "nodes": stages["graph"]["nodes"], "edges": stages["graph"]["edges"],
            "train_examples": stages["tasks"]["train_examples"],
            "live_entities": stages["tasks"]["live_entities"],
-           "train_steps": stages["train"]["steps"], "generate_s": gen["seconds"]}
+           "train_steps": stages["train"]["steps"] if model_stages else None,
+           "generate_s": gen["seconds"]}
     for name in STAGES:
-        row[f"{name}_s"] = stages[name]["seconds"]
-        row[f"{name}_peak_mb"] = stages[name]["peak_mb"]
+        row[f"{name}_s"] = stages[name]["seconds"] if name in stages else None
+        row[f"{name}_peak_mb"] = stages[name]["peak_mb"] if name in stages else None
     return row
 
 
 def slopes(rows: list[dict], from_rows: int = SLOPE_FROM_ROWS) -> dict[str, float | None]:
     """Per stage, the least-squares slope of log(seconds) on log(rows) over the scales with
     at least `from_rows` rows: t ~ rows^slope. None with fewer than two such scales."""
-    big = [r for r in rows if r["rows"] >= from_rows]
     out: dict[str, float | None] = {}
     for name in STAGES:
+        big = [r for r in rows if r["rows"] >= from_rows and r[f"{name}_s"] is not None]
         if len(big) < 2:
             out[name] = None
             continue
@@ -245,14 +251,16 @@ def to_markdown(rows: list[dict], fitted: dict[str, float | None]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
     for r in rows:
         cells = [f"{r['rows']:,}", f"{r['customers']:,}"]
-        cells += [f"{r[f'{s}_s']:.2f}" for s in STAGES]
-        cells += [f"{r[f'{s}_peak_mb']:,.0f}" for s in STAGES]
+        cells += [f"{r[f'{s}_s']:.2f}" if r[f"{s}_s"] is not None else "-" for s in STAGES]
+        cells += [f"{r[f'{s}_peak_mb']:,.0f}" if r[f"{s}_peak_mb"] is not None else "-"
+                  for s in STAGES]
         lines.append("| " + " | ".join(cells) + " |")
     shown = ", ".join(f"{s} {v:.2f}" if v is not None else f"{s} n/a" for s, v in fitted.items())
     lines += ["", f"Slope of log time on log rows from {SLOPE_FROM_ROWS:,} rows up (1 = linear): "
               f"{shown}.", "",
               "train s: 100 steps of sage at batch 512 (scaled from fewer steps where the train "
-              "split is smaller: " + ", ".join(f"{r['train_steps']} at {r['rows']:,}" for r in rows)
+              "split is smaller: " + ", ".join(f"{r['train_steps']} at {r['rows']:,}" for r in rows
+                                               if r["train_steps"] is not None)
               + "); inference s: every live entity ("
               + ", ".join(f"{r['live_entities']:,}" for r in rows) + ")."]
     return "\n".join(lines)
@@ -270,7 +278,8 @@ def plot(rows: list[dict], fitted: dict[str, float | None], path: Path) -> None:
     for name in STAGES:
         slope = fitted[name]
         label = f"{name} (slope {slope:.2f})" if slope is not None else name
-        ax.plot(x, [r[f"{name}_s"] for r in rows], marker="o", label=label)
+        pts = [(r["rows"], r[f"{name}_s"]) for r in rows if r[f"{name}_s"] is not None]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.xaxis.set_minor_formatter(NullFormatter())  # decade labels only: minor ones collide
@@ -284,20 +293,25 @@ def plot(rows: list[dict], fitted: dict[str, float | None], path: Path) -> None:
     plt.close(fig)
 
 
-def run(quick: bool = False, large: bool = False, work_dir: Path | None = None) -> list[dict]:
+def run(quick: bool = False, large: bool = False, work_dir: Path | None = None,
+        model_stages_up_to: int | None = None) -> list[dict]:
     """Measure every scale (quick: the two smallest; large: add ~10M and ~30M rows), write
-    bench/results/scale.{json,md,png} and return one row per scale."""
+    bench/results/scale.{json,md,png} and return one row per scale. With
+    `model_stages_up_to`, train and inference run only at scales of at most that many
+    customers (the data stages run everywhere)."""
     scales = list(SCALES[:2] if quick else SCALES) + (list(LARGE) if large else [])
     base = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="relgraph-bench-scale-"))
     rows = []
     try:
         for customers in scales:
             t0 = time.perf_counter()
-            row = measure(customers, base / f"c{customers}")
+            row = measure(customers, base / f"c{customers}",
+                          model_stages_up_to is None or customers <= model_stages_up_to)
             shutil.rmtree(base / f"c{customers}", ignore_errors=True)
             rows.append(row)
             print(f"{customers:,} customers, {row['rows']:,} rows: "
-                  + ", ".join(f"{s} {row[f'{s}_s']:.1f}s/{row[f'{s}_peak_mb']:.0f}MB" for s in STAGES)
+                  + ", ".join(f"{s} {row[f'{s}_s']:.1f}s/{row[f'{s}_peak_mb']:.0f}MB" for s in STAGES
+                              if row[f"{s}_s"] is not None)
                   + f" ({time.perf_counter() - t0:.0f}s in all)", flush=True)
     finally:
         if work_dir is None:
@@ -316,8 +330,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--large", action="store_true",
                         help="also 580,000 and 1,750,000 customers (~10M and ~30M rows)")
     parser.add_argument("--work-dir", type=Path, help="scratch directory (default: a temp dir)")
+    parser.add_argument("--model-stages-up-to", type=int, metavar="CUSTOMERS",
+                        help="run train and inference only up to this many customers")
     args = parser.parse_args(argv)
-    rows = run(quick=args.quick, large=args.large, work_dir=args.work_dir)
+    rows = run(quick=args.quick, large=args.large, work_dir=args.work_dir,
+               model_stages_up_to=args.model_stages_up_to)
     print(to_markdown(rows, slopes(rows)))
     return 0
 
