@@ -34,10 +34,12 @@ so that its peak RSS (getrusage) is its own:
 Numbers: "seeds/s" = seeds / wall seconds of the timed steps; "seeds/cpu-s" = seeds / this
 process's CPU seconds over them (all threads; on a shared machine the wall clock also
 counts other processes' turns, CPU time does not); torch uses `threads` intra-op threads
-(2 by default: the machine's cores). "peak MB" is the child's peak RSS (imports ~0.5 GB,
-the memory-mapped graph pages it touched, the sampler's index, the model, the steps);
-"before MB" its RSS just before the first step; on CUDA, "cuda MB" is
-torch.cuda.max_memory_allocated. The RelBench child runs in the interpreter given by
+(2 by default: the machine's cores), with OMP_WAIT_POLICY=PASSIVE unless set. "peak MB"
+is the child's peak RSS (imports ~0.5 GB, the memory-mapped graph pages it touched, the
+sampler's index build, the model, the steps); "before MB" its RSS just before the first
+step; "steps MB" its peak RSS during the steps (the kernel's count restarted at the first
+step) minus "before MB"; on CUDA, "cuda MB" is torch.cuda.max_memory_allocated. The
+RelBench child runs in the interpreter given by
 --relbench-python or $RELBENCH_PYTHON (default: this one); it needs bench/requirements.txt.
 """
 
@@ -72,6 +74,33 @@ def _peak_mb() -> float:
 def _rss_mb() -> float:
     pages = int(Path("/proc/self/statm").read_text().split()[1])
     return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _reset_peak() -> None:
+    """Restart the kernel's peak-RSS count (VmHWM) of this process from its current RSS."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def _hwm_mb() -> float:
+    """Peak RSS since the last `_reset_peak` (since the start, if none)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("/proc/self/status has no VmHWM line")
+
+
+def _timed_with_memory(batches, step, warmup: int, steps: int) -> dict:
+    """`_timed`, plus the process's peak RSS over all time ("peak_mb"), its RSS before the
+    first step ("before_mb") and its peak RSS during the steps alone ("steps_peak_mb"):
+    the whole-process peak can come from the sampler's index build, which is the same for
+    every model, so the steps' own peak tells the models apart."""
+    before = _rss_mb()
+    setup_peak = _peak_mb()
+    _reset_peak()
+    out = _timed(batches, step, warmup, steps)
+    steps_peak = _hwm_mb()
+    out.update(peak_mb=max(setup_peak, steps_peak), before_mb=before, steps_peak_mb=steps_peak)
+    return out
 
 
 def _workdir() -> Path:
@@ -174,12 +203,11 @@ def child_ours(model: str, warehouse: str, graph: str, customers: int, warmup: i
             trainer._step(batch, ex, idx)  # the Trainer's own step; its float(loss) syncs CUDA
             return idx.numel()
 
-        before = _rss_mb()
-        out = _timed(loader, step, warmup, steps)
+        out = _timed_with_memory(loader, step, warmup, steps)
     out.update(model=model, layers=config.layers, fanouts=list(config.fanouts),
                device=str(trainer.device), threads=torch.get_num_threads(),
-               params=sum(p.numel() for p in trainer.model.parameters()), peak_mb=_peak_mb(),
-               before_mb=before, **_device_memory(trainer.device))
+               params=sum(p.numel() for p in trainer.model.parameters()),
+               **_device_memory(trainer.device))
     return out
 
 
@@ -348,12 +376,11 @@ def child_relbench(warehouse: str, customers: int, cache_dir: str, warmup: int, 
     step = _relbench_step(model, optimizer, task.entity_table, ex, device)
     # drop_last: the head's batch norm cannot train on a last batch of one seed
     loader = _relbench_loader(data, task, ex, shuffle=True, seed=0, drop_last=True)
-    before = _rss_mb()
-    out = _timed(loader, step, warmup, steps)
+    out = _timed_with_memory(loader, step, warmup, steps)
     out.update(model="relbench_sage", layers=RELBENCH_LAYERS, fanouts=relbench_fanouts(),
                device=str(device), threads=torch.get_num_threads(),
-               params=sum(p.numel() for p in model.parameters()), peak_mb=_peak_mb(),
-               before_mb=before, graph_build_s=build_s, **_device_memory(device))
+               params=sum(p.numel() for p in model.parameters()), graph_build_s=build_s,
+               **_device_memory(device))
     return out
 
 
@@ -450,12 +477,12 @@ def run(quick: bool = False, customers: int | None = None, auroc_customers: int 
 
     quick: 10,000 customers, 2 warm-up + 5 timed steps; AUROC after 2 epochs of 8 steps,
     1 seed (a smoke test, not a comparison). Otherwise 580,000 customers (~10M rows),
-    3 + 20 steps; AUROC after 5 whole epochs, 2 seeds.
+    3 + 20 steps; AUROC after 8 whole epochs, 2 seeds.
     """
     customers = customers or (QUICK_SCALE if quick else SCALE)
     warmup = warmup if warmup is not None else (2 if quick else 3)
     steps = steps or (5 if quick else 20)
-    epochs = epochs or (2 if quick else 5)
+    epochs = epochs or (2 if quick else 8)
     max_steps = max_steps if max_steps is not None else (8 if quick else 0)
     auroc_seeds = auroc_seeds or (1 if quick else 2)
     workdir = Path(workdir) if workdir else _workdir()
@@ -520,20 +547,22 @@ def markdown(rows: list[dict]) -> str:
                 f"batch {BATCH}, most recent neighbours, {r0['threads']} torch threads, device "
                 f"{r0['device']}; {r0['steps']} timed steps after warm-up, sampling included. "
                 "seeds/s over wall time, seeds/cpu-s over the process's CPU time (the machine "
-                "may be shared); peak MB: the child process's peak RSS, before MB: its RSS "
-                "at the first step (graph, sampler index, model).", "",
+                "may be shared). peak MB: the child process's peak RSS (setup included: the "
+                "sampler's index build); before MB: its RSS at the first step (graph pages "
+                "touched, sampler index, model); steps MB: the peak RSS during the steps "
+                "minus before MB, what training itself takes.", "",
                 "| model | layers | fanouts | params | seeds/s | seeds/cpu-s | ms/step | peak MB "
-                "| before MB | cuda MB |",
-                "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+                "| before MB | steps MB | cuda MB |",
+                "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in thr:
             if "seeds_per_s" not in r:
-                out.append(f"| {r['model']} | {r.get('note', '')} | | | | | | | | |")
+                out.append(f"| {r['model']} | {r.get('note', '')} | | | | | | | | | |")
                 continue
             cuda = f"{r['cuda_mb']:,.0f}" if "cuda_mb" in r else ""
             out.append(f"| {r['model']} | {r['layers']} | {_fan(r)} | {r['params']:,} | "
                        f"{r['seeds_per_s']:,.0f} | {r['cpu_seeds_per_s']:,.0f} | "
                        f"{r['ms_per_step']:,.0f} | {r['peak_mb']:,.0f} | {r['before_mb']:,.0f} | "
-                       f"{cuda} |")
+                       f"{r['steps_peak_mb'] - r['before_mb']:,.0f} | {cuda} |")
         out.append("")
     if auc:
         r0 = auc[0]
