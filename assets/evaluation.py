@@ -14,6 +14,7 @@ import dagster as dg
 from assets.checks import champion_gate_result, champion_gate_spec
 from assets.resources import ComputeResource, MLflowResource, PathsResource
 from pipeline.experiment import ALL_MODELS
+from pipeline.graph import prune_cache
 from pipeline.registry import best_of_run, champion_gate, register_run, version_uri
 from pipeline.report import comparison
 from pipeline.spec import DatasetSpec
@@ -81,6 +82,8 @@ def _champion_asset(spec: DatasetSpec, task_name: str) -> dg.AssetsDefinition:
         versions = register_run(tracker, p, spec, task, context.run.run_id)
         context.log.info("registered %s", ", ".join(f"{m} as v{v}" for m, v in versions.items()))
         decision = champion_gate(tracker, p, spec, task, versions[best], device=compute.device)
+        # Re-scoring an older graph-model champion rebuilt the graph it was trained on.
+        prune_cache(p.graphs / spec.name)
         context.log.info(decision.reason)
         yield champion_gate_result(key, decision)
         yield dg.MaterializeResult(metadata={

@@ -20,7 +20,7 @@ def graph_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
         p = paths.paths()
         with duckdb.get_connection() as con:
             art = build_graph(con, spec, encoder_fit_cutoff(con, spec), FeatureConfig(), p.graphs / spec.name)
-        prune_cache(p.graphs / spec.name, keep=3)
+        prune_cache(p.graphs / spec.name)
         s = art.stats
         table = ["| node type | nodes | features |", "|---|---|---|"]
         for nt, n in s["nodes"].items():

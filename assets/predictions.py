@@ -11,7 +11,7 @@ from dagster_duckdb import DuckDBResource
 from assets.resources import ComputeResource, MLflowResource, PathsResource
 from pipeline.experiment import load_results
 from pipeline.features import FeatureConfig
-from pipeline.graph import build_graph
+from pipeline.graph import build_graph, prune_cache
 from pipeline.predict import model_scores, predictions_table, write_predictions
 from pipeline.registry import CHAMPION, best_of_run, load_version, registered_name, version_uri
 from pipeline.spec import DatasetSpec
@@ -63,6 +63,7 @@ def _prediction_asset(spec: DatasetSpec, task_name: str) -> dg.AssetsDefinition:
         with duckdb.get_connection() as con:
             table = predictions_table(con, spec, task, used, scores, version)
         path = write_predictions(duckdb.get_connection, task, table, p.predictions / spec.name)
+        prune_cache(p.graphs / spec.name)  # scoring may have rebuilt the champion's graph
         context.log.info("scored %d live entities with %s (%s)", table.num_rows, used, source)
         return dg.MaterializeResult(metadata={
             "rows": table.num_rows, "model": used, "model_version": version, "source": source,

@@ -388,7 +388,11 @@ def load_graph(path: Path) -> GraphArtifact:
                          stats=meta["stats"], cache_hit=True)
 
 
-def prune_cache(cache_dir: Path, keep: int = 3) -> list[Path]:
+# Graphs kept per dataset (design.md's retention rule, K = 3).
+KEEP_GRAPHS = 3
+
+
+def prune_cache(cache_dir: Path, keep: int = KEEP_GRAPHS) -> list[Path]:
     """Delete all but the `keep` most recently built or used graphs; returns what was deleted.
 
     Only complete entries (with meta.json) count; another process's unfinished temporary
