@@ -64,16 +64,21 @@ def _op_name(key: list[str]) -> str:
     return "__".join(key)
 
 
+def _spec_and_task(args, verb: str = "train"):
+    """The environment prepared, the spec loaded, and the task named by --task (or the first)."""
+    _prepare_env(args.dataset)
+    spec = _load(args)
+    if not spec.tasks:
+        raise SystemExit(f"{args.dataset}: the spec defines no task to {verb}")
+    return spec, spec.task(args.task) if args.task else next(iter(spec.tasks.values()))
+
+
 def cmd_run(args) -> int:
     from pipeline.experiment import ALL_MODELS
     from pipeline.paths import DataPaths
     from pipeline.report import comparison
 
-    _prepare_env(args.dataset)
-    spec = _load(args)
-    if not spec.tasks:
-        raise SystemExit(f"{args.dataset}: the spec defines no task to train")
-    task = spec.task(args.task) if args.task else next(iter(spec.tasks.values()))
+    spec, task = _spec_and_task(args)
     models = [m.strip() for m in args.models.split(",")] if args.models else list(ALL_MODELS)
     unknown = [m for m in models if m not in ALL_MODELS]
     if unknown:
@@ -111,11 +116,7 @@ def cmd_train(args) -> int:
     """Build what one model needs (warehouse, task table, graph) and train it, nothing more."""
     from pipeline.experiment import ALL_MODELS
 
-    _prepare_env(args.dataset)
-    spec = _load(args)
-    if not spec.tasks:
-        raise SystemExit(f"{args.dataset}: the spec defines no task to train")
-    task = spec.task(args.task) if args.task else next(iter(spec.tasks.values()))
+    spec, task = _spec_and_task(args)
     if args.model not in ALL_MODELS:
         raise SystemExit(f"unknown model {args.model}; choose from {', '.join(ALL_MODELS)}")
     import dagster as dg
@@ -142,11 +143,7 @@ def cmd_tune(args) -> int:
     from pipeline.experiment import ALL_MODELS
     from pipeline.tune import summary, tune_dataset
 
-    _prepare_env(args.dataset)
-    spec = _load(args)
-    if not spec.tasks:
-        raise SystemExit(f"{args.dataset}: the spec defines no task to tune")
-    task = spec.task(args.task) if args.task else next(iter(spec.tasks.values()))
+    spec, task = _spec_and_task(args, "tune")
     if args.model not in ALL_MODELS:
         raise SystemExit(f"unknown model {args.model}; choose from {', '.join(ALL_MODELS)}")
     if args.trials < 1:

@@ -2,51 +2,27 @@
 
 Runs only where torch sees a CUDA device (`pytest tests/test_gpu.py` on a GPU machine);
 everywhere else every test is skipped with that reason. The data is the synthetic shop at
-1,000 customers, as in tests/test_distributed.py.
+1,000 customers of tests/test_distributed.py (its `shop` fixture).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from pathlib import Path
 
-import duckdb
 import pytest
 import torch
 
-from pipeline.features import FeatureConfig
-from pipeline.graph import build_graph
+from test_distributed import shop  # noqa: F401  (the module-scoped fixture)
+
 from pipeline.models import GNN_MODELS
 from pipeline.sampling import make_loader
-from pipeline.sources import open_source
-from pipeline.spec import load_spec
-from pipeline.tasks import build_task_table, load_examples, task_cutoffs
 from pipeline.train import TrainConfig, Trainer, build_predictor, resolve_device
-from pipeline.warehouse import extract_table
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
                                 reason="needs a CUDA device; this machine has none")
 
-REPO = Path(__file__).resolve().parents[1]
 SMALL = TrainConfig(hidden=32, epochs=2, max_steps_per_epoch=3, batch_size=256, device="cuda")
-
-
-@pytest.fixture(scope="module")
-def shop(tmp_path_factory):
-    root = tmp_path_factory.mktemp("gpu")
-    spec = load_spec(REPO / "datasets" / "ecommerce.yaml")
-    spec = dataclasses.replace(spec, source=dataclasses.replace(spec.source, scale=1000))
-    task = spec.tasks["customer_churn"]
-    source = open_source(spec, root)
-    with duckdb.connect(str(root / "warehouse.duckdb")) as con:
-        for table in spec.extract_order():
-            extract_table(con, spec, table, source.read(table), source.fingerprint(table))
-        build_task_table(con, spec, task)
-        cuts = task_cutoffs(con, spec, task)
-        graph = build_graph(con, spec, cuts.val, FeatureConfig(), root / "graphs")
-        splits = {s: load_examples(con, task, s) for s in ("train", "val", "test")}
-    return graph.truncate(cuts.test), graph.feature_meta, task, splits
 
 
 def test_auto_device_is_cuda():
