@@ -21,6 +21,7 @@ global batch so that DDP's average over ranks is the mean loss over the global b
 from __future__ import annotations
 
 import gc
+import json
 import os
 import pickle
 import re
@@ -32,6 +33,7 @@ import tempfile
 import threading
 import time
 from collections import deque
+from dataclasses import asdict
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -40,9 +42,13 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor
+from torch_geometric.data import HeteroData
+
+from pipeline.spec import TaskSpec
+from pipeline.tasks import Examples
 
 if TYPE_CHECKING:
-    from pipeline.train import Trainer, TrainResult
+    from pipeline.train import Trainer, TrainConfig, TrainResult
 
 REPO = Path(__file__).resolve().parent.parent
 # Rank 0 evaluates and writes checkpoints while the other ranks wait in a collective;
@@ -150,10 +156,7 @@ def launch(trainer: Trainer) -> TrainResult:
                          f"{torch.cuda.device_count()}")
     with tempfile.TemporaryDirectory(prefix="relgraph-ddp-") as tmp:  # mode 0700: ours alone
         job = Path(tmp)
-        torch.save({"data": trainer.data, "feature_meta": trainer.feature_meta, "task": trainer.task,
-                    "splits": trainer.splits, "config": cfg,
-                    "checkpoint_dir": str(trainer.checkpoint_dir), "launcher": os.getpid()},
-                   job / "job.pt")
+        torch.save(job_payload(trainer), job / "job.pt")
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                f"--nproc-per-node={n}", "-m", "pipeline.distributed", str(job)]
         # The workers import this checkout's pipeline/, installed or not.
@@ -194,6 +197,37 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
+# -- the job file ------------------------------------------------------------------
+def job_payload(trainer: Trainer) -> dict:
+    """What a rank needs to build the same Trainer, as tensors, numbers, strings, lists
+    and dicts only, so that the rank loads it with `torch.load(weights_only=True)`:
+    no class is unpickled, not even our own."""
+    data = trainer.data
+    task = asdict(trainer.task)
+    task["horizon"] = trainer.task.horizon.total_seconds()
+    return {"nodes": {t: data[t].to_dict() for t in data.node_types},
+            "edges": [{"type": list(et), "attrs": data[et].to_dict()} for et in data.edge_types],
+            "feature_meta": json.dumps(trainer.feature_meta), "task": task,
+            "splits": {name: asdict(ex) for name, ex in trainer.splits.items()},
+            "config": asdict(trainer.config), "checkpoint_dir": str(trainer.checkpoint_dir),
+            "launcher": os.getpid()}
+
+
+def trainer_inputs(payload: dict) -> tuple[HeteroData, dict, TaskSpec, dict[str, Examples], TrainConfig]:
+    """The inverse of `job_payload`: (graph, feature metadata, task, splits, config)."""
+    from pipeline.train import TrainConfig
+
+    data = HeteroData()
+    for node_type, attrs in payload["nodes"].items():
+        data[node_type].update(attrs)
+    for edge in payload["edges"]:
+        data[tuple(edge["type"])].update(edge["attrs"])
+    task = TaskSpec(**{**payload["task"], "horizon": timedelta(seconds=payload["task"]["horizon"])})
+    splits = {name: Examples(**ex) for name, ex in payload["splits"].items()}
+    config = TrainConfig(**{**payload["config"], "fanouts": tuple(payload["config"]["fanouts"])})
+    return data, json.loads(payload["feature_meta"]), task, splits, config
+
+
 # -- worker --------------------------------------------------------------------------
 def _exit_without(launcher: int, job: Path) -> None:
     """End this rank if the launching process disappears, and remove its job directory.
@@ -223,16 +257,16 @@ def main(argv: list[str]) -> int:
     from pipeline.train import Trainer, resolve_device
 
     job = Path(argv[0])
-    # Our own file (see launch). Memory-mapped: the ranks share the graph's pages.
-    inputs = torch.load(job / "job.pt", weights_only=False, mmap=True)
-    _exit_without(inputs["launcher"], job)
-    cfg = inputs["config"]
+    # Memory-mapped: the ranks share the graph's pages.
+    payload = torch.load(job / "job.pt", weights_only=True, mmap=True)
+    _exit_without(payload["launcher"], job)
+    data, feature_meta, task, splits, cfg = trainer_inputs(payload)
     cuda = resolve_device(cfg.device).type == "cuda"
     if cuda:
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     dist.init_process_group("nccl" if cuda else "gloo", timeout=COLLECTIVE_TIMEOUT)
-    trainer = Trainer(inputs["data"], inputs["feature_meta"], inputs["task"], inputs["splits"],
-                      cfg, Path(inputs["checkpoint_dir"]), progress=False,
+    trainer = Trainer(data, feature_meta, task, splits, cfg, Path(payload["checkpoint_dir"]),
+                      progress=False,
                       log=lambda msg: print(msg, flush=True))
     result = trainer.fit()
     if trainer.rank == 0:

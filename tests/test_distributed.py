@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.distributed import check_shardable, epoch_shard
+from pipeline.distributed import check_shardable, epoch_shard, job_payload, trainer_inputs
 from pipeline.features import FeatureConfig
 from pipeline.graph import build_graph
 from pipeline.sources import open_source
@@ -145,6 +145,31 @@ def test_two_processes_see_every_seed_once_and_match_one_process(shop, tmp_path)
     assert best["epoch"] == two.best_epoch and json.loads(best["config"])["nproc"] == 2
     np.testing.assert_allclose(launcher.predict(splits["val"]), two.val_scores, rtol=1e-5, atol=1e-6)
     assert set(Path(tempfile.gettempdir()).glob("relgraph-ddp-*")) <= before, "job files left behind"
+
+
+def test_the_job_file_loads_weights_only_and_rebuilds_the_same_inputs(shop, tmp_path):
+    """A rank unpickles no class: the job is plain tensors and containers, and it
+    rebuilds the launcher's graph, task, splits and config exactly."""
+    data, meta, task, splits = shop
+    config = dataclasses.replace(CONFIG, nproc=2)
+    trainer = Trainer(data, meta, task, splits, config, tmp_path / "ckpt", progress=False)
+    torch.save(job_payload(trainer), tmp_path / "job.pt")
+    payload = torch.load(tmp_path / "job.pt", weights_only=True, mmap=True)
+    data2, meta2, task2, splits2, config2 = trainer_inputs(payload)
+
+    assert (task2, config2, meta2) == (task, config, meta)
+    assert data2.node_types == trainer.data.node_types
+    assert data2.edge_types == trainer.data.edge_types
+    assert all(store.keys() for store in trainer.data.node_stores + trainer.data.edge_stores)
+    for store, store2 in zip(trainer.data.stores, data2.stores):
+        assert set(store.keys()) == set(store2.keys()), store
+        for key in store.keys():
+            a, b = store[key], store2[key]
+            assert torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b, key
+    for name, ex in splits.items():
+        for field in dataclasses.fields(ex):
+            a, b = getattr(ex, field.name), getattr(splits2[name], field.name)
+            assert (a is None and b is None) or torch.equal(a, b), (name, field.name)
 
 
 def test_a_failing_rank_fails_the_run_with_its_error(shop, tmp_path):
