@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import fcntl
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -31,10 +33,26 @@ def _prepare_env(dataset: str | None = None) -> None:
     os.environ["RELGRAPH_DATA"] = str(paths.root)
     home = Path(os.environ.setdefault("DAGSTER_HOME", str(paths.dagster_home)))
     home.mkdir(parents=True, exist_ok=True)
-    if not (home / "dagster.yaml").exists():
-        shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
     if dataset:
         os.environ["RELGRAPH_DATASETS"] = str(Path(dataset).resolve())
+    ready = home / ".relgraph-initialized"
+    if ready.exists():
+        return
+    # Two commands started at once on a fresh directory would both create the instance's
+    # sqlite tables, and Dagster does not guard that ("table runs already exists"); nor
+    # must one read the other's half-copied dagster.yaml. One creates, the other waits.
+    import dagster as dg
+
+    with open(home / ".init.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not ready.exists():
+            if not (home / "dagster.yaml").exists():
+                tmp = home / f".dagster.yaml.{os.getpid()}"
+                shutil.copy(REPO / "dagster.yaml", tmp)
+                os.replace(tmp, home / "dagster.yaml")
+            with dg.DagsterInstance.from_config(str(home)):
+                pass  # creates the storages
+            ready.touch()
 
 
 def _load(args):
@@ -49,15 +67,57 @@ def _load(args):
     return spec
 
 
+# Tags on every run this command executes in process: which process runs it, so that a
+# later command can tell a run whose process died from one still going.
+HOST_TAG, PID_TAG = "relgraph/host", "relgraph/pid"
+
+
 def _materialize(spec, selection, run_config=None):
     import dagster as dg
 
     from assets.definitions import dataset_assets
     from assets.resources import default_resources
 
-    return dg.materialize(dataset_assets(spec), instance=dg.DagsterInstance.get(),
-                          selection=selection, resources=default_resources(),
-                          run_config=run_config or {})
+    instance = dg.DagsterInstance.get()
+    for run_id in reclaim_dead_runs(instance):
+        print(f"relgraph: run {run_id} lost its process (killed?); marked failed, its pool "
+              "slots freed", file=sys.stderr)
+    return dg.materialize(dataset_assets(spec), instance=instance, selection=selection,
+                          resources=default_resources(), run_config=run_config or {},
+                          tags={HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())})
+
+
+def reclaim_dead_runs(instance) -> list[str]:
+    """Fail the in-process runs of this host whose process is gone; the ids of those runs.
+
+    A `relgraph` process killed outright (SIGKILL, the OOM killer) leaves its run
+    "started" and its pool slot ("gpu", "warehouse") claimed, so every later run would
+    wait for that slot forever. Dagster's run monitoring does not see in-process runs.
+    """
+    import dagster as dg
+
+    host = socket.gethostname()
+    live = dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED],
+                         tags={HOST_TAG: host})
+    dead = []
+    for run in instance.get_runs(filters=live):
+        pid = int(run.tags.get(PID_TAG, "0"))
+        if pid <= 0 or _alive(pid):
+            continue
+        instance.report_run_failed(run, message=f"its process ({host}, pid {pid}) no longer exists")
+        instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+        dead.append(run.run_id)
+    return dead
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
 
 
 def _op_name(key: list[str]) -> str:

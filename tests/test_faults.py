@@ -290,6 +290,77 @@ def test_two_concurrent_graph_builds_serialize_on_the_warehouse(tmp_path, monkey
         assert con.execute("SELECT count(*) FROM task_churn").fetchall()[0][0] > 0
 
 
+STARTER = textwrap.dedent("""
+    import os, sys, time
+    sys.path.insert(0, {repo!r})
+    import dagster as dg
+    from pipeline.cli import _prepare_env
+    open(os.path.join({ready!r}, str(os.getpid())), "w").close()
+    while not os.path.exists({go!r}):  # every process has imported Dagster: all go at once
+        time.sleep(0.001)
+    _prepare_env()
+    with dg.DagsterInstance.get() as instance:
+        print(len(instance.get_runs()))
+""")
+
+
+def test_commands_starting_together_on_a_fresh_directory_all_start(tmp_path):
+    """Dagster's sqlite storages have no guard against two creators at once; the CLI
+    creates the instance under a file lock, so every one of several starts succeeds."""
+    data, go, ready = tmp_path / "data", tmp_path / "go", tmp_path / "ready"
+    ready.mkdir()
+    env = {**os.environ, "RELGRAPH_DATA": str(data)}
+    env.pop("DAGSTER_HOME", None)
+    code = STARTER.format(repo=str(REPO), go=str(go), ready=str(ready))
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    deadline = time.monotonic() + 300
+    while len(list(ready.iterdir())) < len(procs):
+        assert time.monotonic() < deadline and all(p.poll() is None for p in procs)
+        time.sleep(0.05)
+    go.touch()
+    results = [p.communicate(timeout=300) for p in procs]
+    failed = [err[-2000:] for p, (_, err) in zip(procs, results) if p.returncode != 0]
+    assert failed == [], failed
+    assert [out.strip() for out, _ in results] == ["0"] * 4
+    assert (data / "dagster" / "dagster.yaml").read_text() == (REPO / "dagster.yaml").read_text()
+
+
+def test_a_killed_run_gives_its_pool_slot_back_to_the_next_run(tmp_path, monkeypatch):
+    """SIGKILL leaves an in-process run "started" with its pool slot claimed; the next
+    command must find that the process is gone, fail the run and take the slot."""
+    spec_path = write_shop(tmp_path)
+    data = tmp_path / "data"
+    monkeypatch.setenv("DAGSTER_HOME", str(data / "dagster"))  # for this process's reads
+    first = cli(["graph", "--dataset", str(spec_path)], data)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(first.stderr), daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 600
+    while not any("STEP_START" in line for line in lines):
+        assert first.poll() is None and time.monotonic() < deadline, "".join(lines[-20:])
+        time.sleep(0.05)
+    first.kill()
+    first.wait()
+    with dg.DagsterInstance.from_config(str(data / "dagster")) as instance:
+        [run] = instance.get_runs()
+        assert run.status == dg.DagsterRunStatus.STARTED
+        assert instance.event_log_storage.get_concurrency_info("warehouse").active_run_ids == {run.run_id}
+
+    second = cli(["graph", "--dataset", str(spec_path)], data)
+    try:
+        out, err = second.communicate(timeout=600)
+    finally:
+        second.kill()
+    assert second.returncode == 0, err[-3000:]
+    assert f"run {run.run_id} lost its process" in err
+    with dg.DagsterInstance.from_config(str(data / "dagster")) as instance:
+        statuses = {r.run_id: r.status for r in instance.get_runs()}
+        assert statuses.pop(run.run_id) == dg.DagsterRunStatus.FAILURE
+        assert list(statuses.values()) == [dg.DagsterRunStatus.SUCCESS]
+        assert instance.event_log_storage.get_concurrency_info("warehouse").active_run_ids == set()
+
+
 # ---------------------------------------------------------------------------------------
 # (d) MLflow unreachable: the run fails before any training, naming the URI
 
