@@ -188,9 +188,14 @@ def run_model(connect: Callable[[], ContextManager[duckdb.DuckDBPyConnection]],
 
 
 def load_results(paths: DataPaths, dataset: str, task: str, run_id: str | None = None) -> dict[str, dict]:
-    """The latest result per model (only those of one Dagster run when run_id is given)."""
+    """The latest result per model (only those of one Dagster run when run_id is given).
+
+    Only `<model>.json` counts: the same directory holds tuning results (`tune_<model>.json`)."""
     out = {}
-    for f in sorted((paths.results / dataset / task).glob("*.json")):
+    for model in ALL_MODELS:
+        f = paths.results / dataset / task / f"{model}.json"
+        if not f.exists():
+            continue
         res = json.loads(f.read_text())
         if run_id is None or res.get("dagster_run_id") == run_id:
             out[res["model"]] = res

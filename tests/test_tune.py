@@ -18,7 +18,7 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
-from pipeline.experiment import ALL_MODELS
+from pipeline.experiment import ALL_MODELS, load_results
 from pipeline.features import FeatureConfig
 from pipeline.graph import build_graph
 from pipeline.models.gbdt import GBDTConfig, train_gbdt
@@ -123,6 +123,8 @@ def test_cli_writes_the_best_params_and_logs_one_nested_run_per_trial(cli_run):
     assert len(best_cfg["fanouts"]) == best_cfg["layers"] and best_cfg["epochs"] == 2
     assert "best params: hidden=" in out
     assert ("vs shipped defaults" in out) != ("the shipped defaults won" in out)
+    # the search's file sits beside the model results, and is not one of them
+    assert load_results(paths, "shop", "churn") == {}
 
     parent, children = search_runs(paths.mlflow / "mlflow.db", "sage")
     assert parent.data.tags["search"] == "true" and parent.data.params["search"] == "true"
