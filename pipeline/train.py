@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from pipeline import distributed
 from pipeline.evaluate import compute_metrics
 from pipeline.models import ModelConfig, build_model
-from pipeline.models.heads import TaskHead
+from pipeline.models.heads import TargetHistory, TaskHead
 from pipeline.sampling import make_loader
 from pipeline.spec import TaskSpec
 from pipeline.tasks import Examples
@@ -101,15 +101,20 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 class Predictor(nn.Module):
-    """A graph model (seed embeddings [B, hidden]) followed by the task head."""
+    """A graph model (seed embeddings [B, hidden]) followed by the task head; for link
+    prediction, plus the seed's own history of each target (`TargetHistory`)."""
 
-    def __init__(self, encoder: nn.Module, head: nn.Module):
+    def __init__(self, encoder: nn.Module, head: nn.Module, history: TargetHistory | None = None):
         super().__init__()
         self.encoder = encoder
         self.head = head
+        self.history = history
 
     def forward(self, batch) -> torch.Tensor:
-        return self.head(self.encoder(batch))
+        out = self.head(self.encoder(batch))
+        if self.history is not None:
+            out = out + self.history(batch, out.shape[0], out.shape[1]).to(out.dtype)
+        return out
 
 
 def build_predictor(config: TrainConfig, feature_meta: dict, metadata, task: TaskSpec,
@@ -118,7 +123,11 @@ def build_predictor(config: TrainConfig, feature_meta: dict, metadata, task: Tas
                             heads=config.heads)
     encoder = build_model(config.model, feature_meta, metadata, task.entity_table, model_cfg)
     head = TaskHead(task.type, config.hidden, num_classes=num_classes, num_targets=num_targets)
-    return Predictor(encoder, head)
+    history = None
+    if task.type == "link_prediction":
+        paths = [et for et in metadata[1] if et[0] == task.target_table]
+        history = TargetHistory(task.target_table, paths, task.entity_table) if paths else None
+    return Predictor(encoder, head, history)
 
 
 def _link_targets(ex: Examples, idx: torch.Tensor, num_targets: int) -> torch.Tensor:
@@ -175,6 +184,11 @@ class Trainer:
         torch.manual_seed(config.seed)
         self.model = build_predictor(config, feature_meta, self.data.metadata(), task,
                                      self.num_targets, self.num_classes).to(self.device)
+        if task.type == "link_prediction":
+            # popular targets start ahead (train labels only)
+            self.model.head.set_target_prior(torch.bincount(splits["train"].target_ids,
+                                                            minlength=self.num_targets),
+                                             len(splits["train"]))
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr,
                                            weight_decay=config.weight_decay)
         # Regression targets are standardized with train statistics for a stable loss.
@@ -338,6 +352,11 @@ class Trainer:
         cfg, metric = self.config, self.task.metric
         start_epoch, history, best, best_epoch, bad = 1, [], None, 0, 0
         state = self._load("last.pt")
+        if state is not None and set(state["model"]) != set(self.model.state_dict()):
+            # Same configuration, other parameters: written before this model changed.
+            self.log(f"{self._ckpt_path('last.pt')}: written by another version of {cfg.model} "
+                     f"(its parameters differ); training from scratch")
+            state = None
         if state is not None:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])

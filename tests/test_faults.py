@@ -217,6 +217,17 @@ def test_training_killed_mid_epoch_resumes_bit_identically(tmp_path):
     assert resumed.history == reference.history
     assert resumed.best_epoch == reference.best_epoch
 
+    # A checkpoint of the same configuration written by another version of the model
+    # (other parameters) is not resumed, and not a crash: training starts over.
+    path = next(ckpt.glob("*/last.pt"))
+    state = torch.load(path, weights_only=True)
+    state["model"]["history.mlp.0.weight"] = torch.zeros(16, 2)
+    torch.save(state, path)
+    messages.clear()
+    again = trainer(ckpt, messages.append).fit()
+    assert any("written by another version of sage" in m for m in messages), messages
+    assert again.history == reference.history
+
 
 # ---------------------------------------------------------------------------------------
 # (c) Two processes writing one warehouse at once

@@ -417,11 +417,53 @@ def test_task_head_shapes():
 
 def test_link_head_scores_are_dot_products_plus_prior():
     head = TaskHead("link_prediction", 4, num_targets=3)
-    head.set_target_prior(torch.tensor([0.0, 9.0, 99.0]))
+    head.set_target_prior(torch.tensor([0.0, 9.0, 99.0]), examples=100)
     z = torch.randn(2, 4)
     q = head.mlp(z)
-    expected = q @ head.target_emb.weight.t() + torch.log(torch.tensor([1.0, 10.0, 100.0]))
+    # log-odds of 0.5/100.5, 9.5/91.5, 99.5/1.5
+    expected = q @ head.target_emb.weight.t() + torch.log(torch.tensor([0.5 / 100.5, 9.5 / 91.5, 99.5 / 1.5]))
     assert torch.allclose(head(z), expected, atol=1e-5)
+
+
+def test_target_history_counts_each_seeds_own_targets_per_path():
+    """Seed 0 reached product 3 through two order items (10 and 40 days before its
+    cutoff) and one review (untimed here); seed 1 reached product 5 through a review.
+    Nothing else gets a score."""
+    import math
+
+    from torch_geometric.data import HeteroData
+
+    from pipeline.models.heads import TargetHistory
+
+    day = 86_400
+    items, reviews = ("products", "rev_product_id", "items"), ("products", "rev_product_id", "reviews")
+    batch = HeteroData()
+    batch["customers"].seed_time = torch.tensor([100 * day, 200 * day])
+    batch["products"].n_id = torch.tensor([3, 3, 3, 5])
+    batch["products"].batch = torch.tensor([0, 0, 0, 1])
+    batch["products"].num_nodes = 4
+    batch["items"].time = torch.tensor([60 * day, 90 * day])
+    batch["reviews"].num_nodes = 2
+    # every sampled node is the source of exactly one edge, to its parent
+    batch[items].edge_index = torch.tensor([[0, 1], [1, 0]])  # product 0 -> item 1 (day 90)
+    batch[reviews].edge_index = torch.tensor([[2, 3], [0, 1]])
+    hist = TargetHistory("products", [items, reviews], "customers")
+    out = hist(batch, num_seeds=2, num_targets=6)
+    assert out.shape == (2, 6)
+
+    def f(counts, ages):  # [log1p(c_j)], [exp(-a_j/30)], [exp(-a_j/365)]
+        rec = [[math.exp(-a / s) if a is not None else 0.0 for a in ages] for s in (30, 365)]
+        return torch.tensor([math.log1p(c) for c in counts] + rec[0] + rec[1])
+
+    expected = torch.zeros(2, 6)
+    expected[0, 3] = hist.mlp(f([2, 1], [10, None])).squeeze()
+    expected[1, 5] = hist.mlp(f([0, 1], [None, None])).squeeze()
+    assert torch.allclose(out, expected, atol=1e-6)
+    # gradients reach the MLP through the scores
+    out.sum().backward()
+    assert hist.mlp[0].weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="edge types out of 'products'"):
+        TargetHistory("products", [("reviews", "product_id", "products")], "customers")
 
 
 # -- learning -------------------------------------------------------------------
