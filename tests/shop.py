@@ -21,3 +21,31 @@ def shop_spec(name: str, src: Path, label_sql: str = CHURN) -> dict:
             "tasks": {"churn": {"type": "binary_classification", "entity_table": "customers",
                                 "label_sql": label_sql, "horizon": "30d", "val_cutoff": "latest - 60d",
                                 "test_cutoff": "latest - 30d", "num_train_cutoffs": 3}}}
+
+
+def synthetic_task(root: Path, task_name: str, scale: int = 1000):
+    """The synthetic e-commerce shop (datasets/ecommerce.yaml) at `scale` customers under
+    `root`, with one task: (graph truncated at the test cutoff, feature meta, task, splits)."""
+    import dataclasses
+
+    import duckdb
+
+    from pipeline.features import FeatureConfig
+    from pipeline.graph import build_graph
+    from pipeline.sources import open_source
+    from pipeline.spec import load_spec
+    from pipeline.tasks import build_task_table, load_examples, task_cutoffs
+    from pipeline.warehouse import extract_table
+
+    spec = load_spec(Path(__file__).resolve().parents[1] / "datasets" / "ecommerce.yaml")
+    spec = dataclasses.replace(spec, source=dataclasses.replace(spec.source, scale=scale))
+    task = spec.tasks[task_name]
+    source = open_source(spec, root)
+    with duckdb.connect(str(root / "warehouse.duckdb")) as con:
+        for table in spec.extract_order():
+            extract_table(con, spec, table, source.read(table), source.fingerprint(table))
+        build_task_table(con, spec, task)
+        cuts = task_cutoffs(con, spec, task)
+        graph = build_graph(con, spec, cuts.val, FeatureConfig(), root / "graphs")
+        splits = {s: load_examples(con, task, s) for s in ("train", "val", "test")}
+    return graph.truncate(cuts.test), graph.feature_meta, task, splits

@@ -14,21 +14,14 @@ import math
 import tempfile
 from pathlib import Path
 
-import duckdb
 import numpy as np
 import pytest
 import torch
 
 from pipeline.distributed import check_shardable, epoch_shard, job_payload, trainer_inputs
-from pipeline.features import FeatureConfig
-from pipeline.graph import build_graph
-from pipeline.sources import open_source
-from pipeline.spec import load_spec
-from pipeline.tasks import build_task_table, load_examples, task_cutoffs
 from pipeline.train import TrainConfig, Trainer
-from pipeline.warehouse import extract_table
+from shop import synthetic_task
 
-REPO = Path(__file__).resolve().parents[1]
 SCALE = 1000
 # An odd batch size: each global batch of 125 splits 63 / 62, so the shards are uneven.
 CONFIG = TrainConfig(model="sage", hidden=16, layers=2, fanouts=(8, 4), epochs=8, batch_size=125,
@@ -57,19 +50,7 @@ def one_thread(monkeypatch):
 @pytest.fixture(scope="module")
 def shop(tmp_path_factory):
     """The synthetic shop's churn task: (graph truncated at the test cutoff, meta, task, splits)."""
-    root = tmp_path_factory.mktemp("shop")
-    spec = load_spec(REPO / "datasets" / "ecommerce.yaml")
-    spec = dataclasses.replace(spec, source=dataclasses.replace(spec.source, scale=SCALE))
-    task = spec.tasks["customer_churn"]
-    source = open_source(spec, root)
-    with duckdb.connect(str(root / "warehouse.duckdb")) as con:
-        for table in spec.extract_order():
-            extract_table(con, spec, table, source.read(table), source.fingerprint(table))
-        build_task_table(con, spec, task)
-        cuts = task_cutoffs(con, spec, task)
-        graph = build_graph(con, spec, cuts.val, FeatureConfig(), root / "graphs")
-        splits = {s: load_examples(con, task, s) for s in ("train", "val", "test")}
-    return graph.truncate(cuts.test), graph.feature_meta, task, splits
+    return synthetic_task(tmp_path_factory.mktemp("shop"), "customer_churn", SCALE)
 
 
 # ---------------------------------------------------------------------------------------

@@ -8,22 +8,13 @@ the two-tower score alone.
 
 from __future__ import annotations
 
-import dataclasses
-from pathlib import Path
 
-import duckdb
 import pytest
 import torch
 
-from pipeline.features import FeatureConfig
-from pipeline.graph import build_graph
-from pipeline.sources import open_source
-from pipeline.spec import load_spec
-from pipeline.tasks import build_task_table, load_examples, task_cutoffs
 from pipeline.train import TrainConfig, Trainer
-from pipeline.warehouse import extract_table
+from shop import synthetic_task
 
-REPO = Path(__file__).resolve().parents[1]
 # 833 train, 161 validation, 149 test examples: 14 steps an epoch at batch 64. Measured
 # once: validation MAP@10 0.089 with the history, 0.031 without.
 CONFIG = TrainConfig(model="sage", hidden=16, layers=3, fanouts=(8, 4, 2), epochs=4, batch_size=64,
@@ -34,19 +25,7 @@ CONFIG = TrainConfig(model="sage", hidden=16, layers=3, fanouts=(8, 4, 2), epoch
 def shop(tmp_path_factory):
     """The synthetic shop at 1,000 customers and its next-products task."""
     torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("shop")
-    spec = load_spec(REPO / "datasets" / "ecommerce.yaml")
-    spec = dataclasses.replace(spec, source=dataclasses.replace(spec.source, scale=1000))
-    task = spec.tasks["customer_next_products"]
-    source = open_source(spec, root)
-    with duckdb.connect(str(root / "warehouse.duckdb")) as con:
-        for table in spec.extract_order():
-            extract_table(con, spec, table, source.read(table), source.fingerprint(table))
-        build_task_table(con, spec, task)
-        cuts = task_cutoffs(con, spec, task)
-        graph = build_graph(con, spec, cuts.val, FeatureConfig(), root / "graphs")
-        splits = {s: load_examples(con, task, s) for s in ("train", "val", "test")}
-    return graph.truncate(cuts.test), graph.feature_meta, task, splits
+    return synthetic_task(tmp_path_factory.mktemp("shop"), "customer_next_products")
 
 
 def test_the_seeds_own_history_of_each_target_lifts_the_ranking(shop, tmp_path):
