@@ -21,10 +21,18 @@ CONFIG = TrainConfig(model="sage", hidden=16, layers=3, fanouts=(8, 4, 2), epoch
                      seed=0)
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One thread, as the measurement above, restored for the tests that follow."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def shop(tmp_path_factory):
     """The synthetic shop at 1,000 customers and its next-products task."""
-    torch.set_num_threads(1)
     return synthetic_task(tmp_path_factory.mktemp("shop"), "customer_next_products")
 
 
