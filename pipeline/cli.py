@@ -166,7 +166,9 @@ def _overrides(args) -> dict:
     """TrainingConfig fields set on the command line."""
     if args.nproc < 1:
         raise SystemExit(f"--nproc must be at least 1, got {args.nproc}")
-    out = {"seeds": args.seeds, "nproc": args.nproc}
+    if args.seed < 0:
+        raise SystemExit(f"--seed must be at least 0, got {args.seed}")
+    out = {"seed": args.seed, "seeds": args.seeds, "nproc": args.nproc}
     if args.epochs:
         out["epochs"] = args.epochs
     return out
@@ -290,6 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--task")
     run.add_argument("--models", help="comma-separated; default: every model")
     run.add_argument("--seeds", type=int, default=1)
+    run.add_argument("--seed", type=int, default=0,
+                     help="first training seed; --seeds N trains seeds seed .. seed+N-1")
     run.add_argument("--scale", type=int, help="synthetic source only: number of customers")
     run.add_argument("--epochs", type=int, help="override the graph models' epoch budget")
     run.add_argument("--nproc", type=int, default=1,
@@ -304,6 +308,8 @@ def main(argv: list[str] | None = None) -> int:
                        help="processes training together (torchrun + DDP; one GPU each on CUDA)")
     train.add_argument("--epochs", type=int)
     train.add_argument("--seeds", type=int, default=1)
+    train.add_argument("--seed", type=int, default=0,
+                       help="first training seed; --seeds N trains seeds seed .. seed+N-1")
     train.add_argument("--scale", type=int, help="synthetic source only: number of customers")
     train.set_defaults(func=cmd_train)
 
