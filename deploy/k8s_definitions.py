@@ -67,7 +67,7 @@ def executor_config(defs: dg.Definitions) -> dict:
 
 def k8s_definitions(base: dg.Definitions | None = None) -> dg.Definitions:
     """`base` (default: every dataset spec in $RELGRAPH_DATASETS) with the k8s executor."""
-    base = base if base is not None else build_definitions()
+    base = base if base is not None else build_definitions(executor=None)
     executor = k8s_job_executor.configured(executor_config(base), name="relgraph_k8s")
     return dg.Definitions.merge(base, dg.Definitions(executor=executor))
 

@@ -41,9 +41,10 @@ GRAPH_MODELS = ("gcn", "sage", "gat", "gin", "hgt", "rgt")
 # need a launchpad config to train in seconds), keeping the graph asset itself.
 SELECTION = "(group:ecommerce and not kind:pytorch) or key:\"ecommerce/graph\""
 # A guard against a hung run, not a speed claim. Each step of a UI-launched run is its
-# own process, and importing torch, Dagster and MLflow there takes 15-17 s on a 2-core
-# machine. In a quiet CI run (2026-11-25) the run's 14 steps took 6.5 minutes, and the run
-# outlasted the 7 minutes that this limit used to allow.
+# own process. When each was spawned and imported torch, Dagster and MLflow itself (15-17 s
+# on 2 cores), the run's 14 steps took 6.5 minutes in a quiet CI run (2026-11-25); forked
+# from the run's preloaded forkserver (assets/definitions.py) they start in 1-2 s, and
+# the run took 4 minutes with two training jobs sharing the cores (2026-12-07).
 RUN_TIMEOUT_S = 900
 
 
