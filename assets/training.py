@@ -35,6 +35,10 @@ class TrainingConfig(dg.Config):
     # graph models: processes that train together (torchrun + DDP; one GPU each on CUDA);
     # batch_size is the batch of all of them together. LightGBM models ignore it.
     nproc: int = 1
+    # rgt only: tokens per seed, learned global tokens, message-passing rounds before attention
+    rgt_max_tokens: int = _TRAIN_DEFAULTS.max_tokens
+    rgt_global_tokens: int = _TRAIN_DEFAULTS.global_tokens
+    rgt_local_layers: int = _TRAIN_DEFAULTS.local_layers
     gbdt_num_leaves: int = _GBDT_DEFAULTS.num_leaves
     gbdt_learning_rate: float = _GBDT_DEFAULTS.learning_rate
 
@@ -62,7 +66,9 @@ def _training_asset(spec: DatasetSpec, task_name: str, model: str) -> dg.AssetsD
                            batch_size=config.batch_size, lr=config.lr,
                            weight_decay=config.weight_decay, dropout=config.dropout,
                            patience=config.patience, seed=config.seed, device=compute.device,
-                           max_steps_per_epoch=config.max_steps_per_epoch, nproc=config.nproc)
+                           max_steps_per_epoch=config.max_steps_per_epoch, nproc=config.nproc,
+                           max_tokens=config.rgt_max_tokens, global_tokens=config.rgt_global_tokens,
+                           local_layers=config.rgt_local_layers)
         gcfg = GBDTConfig(num_leaves=config.gbdt_num_leaves, learning_rate=config.gbdt_learning_rate)
         ctx = RunContext(paths=p, tracker=mlflow.tracker(p), dagster_run_id=context.run_id,
                          log=context.log.info, progress=False)

@@ -57,16 +57,26 @@ class TrainConfig:
     max_steps_per_epoch: int = 0   # 0: the whole training split every epoch
     amp: bool = True               # bf16 autocast, on CUDA only
     nproc: int = 1                 # processes training together; batch_size is split across them
+    # rgt only (see RelationalGraphTransformer): tokens per seed, learned global tokens,
+    # message-passing rounds before attention
+    max_tokens: int = 64
+    global_tokens: int = 4
+    local_layers: int = 1
 
     def key(self) -> str:
         """A short hash naming this configuration (checkpoints are per configuration)."""
         fields = asdict(self)
-        if self.nproc == 1:
-            # Single-process keys stay what they were before `nproc` existed, so their
-            # checkpoints still resume; N processes take other steps, so they get their own.
-            del fields["nproc"]
+        # A field added after keys existed is left out while it holds its default, so the
+        # keys written before it (and their checkpoints) stay valid; any other value (N
+        # processes take other steps, another token cap is another model) gets its own.
+        for name, default in LATER_FIELDS.items():
+            if fields[name] == default:
+                del fields[name]
         blob = json.dumps(fields, sort_keys=True, default=list).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
+
+
+LATER_FIELDS = {"nproc": 1, "max_tokens": 64, "global_tokens": 4, "local_layers": 1}
 
 
 @dataclass
@@ -120,7 +130,8 @@ class Predictor(nn.Module):
 def build_predictor(config: TrainConfig, feature_meta: dict, metadata, task: TaskSpec,
                     num_targets: int | None = None, num_classes: int | None = None) -> Predictor:
     model_cfg = ModelConfig(hidden=config.hidden, layers=config.layers, dropout=config.dropout,
-                            heads=config.heads)
+                            heads=config.heads, max_tokens=config.max_tokens,
+                            global_tokens=config.global_tokens, local_layers=config.local_layers)
     encoder = build_model(config.model, feature_meta, metadata, task.entity_table, model_cfg)
     head = TaskHead(task.type, config.hidden, num_classes=num_classes, num_targets=num_targets)
     history = None

@@ -539,3 +539,26 @@ def test_trimming_outer_hops_changes_no_seed_output(name, layers, fanouts):
         model.trim = False
         full = model(batch)
     torch.testing.assert_close(trimmed, full)
+
+
+def test_rgt_settings_reach_the_model_and_name_their_own_checkpoints():
+    """TrainConfig's rgt fields (also the Launchpad's rgt_*) build that model; keys of
+    configurations that leave them at their defaults are the keys written before they
+    existed (literals from that version), so those checkpoints still resume."""
+    from datetime import timedelta
+
+    from pipeline.spec import TaskSpec
+    from pipeline.train import TrainConfig, build_predictor
+
+    task = TaskSpec(name="churn", type="binary_classification", entity_table=ENTITY,
+                    label_sql="SELECT 1", horizon=timedelta(days=30), val_cutoff="latest",
+                    test_cutoff="latest", metric="auroc")
+    config = TrainConfig(model="rgt", hidden=16, heads=2, max_tokens=8, global_tokens=0,
+                         local_layers=2)
+    model = build_predictor(config, FEATURE_META, METADATA, task).encoder
+    assert (model.max_tokens, model.global_tokens, len(model.local)) == (8, None, 2)
+    assert TrainConfig().key() == "083c10c0c517"
+    assert TrainConfig(model="rgt").key() == "2ae12acbfad9"
+    assert TrainConfig(model="rgt", nproc=2).key() == "c31de3ecc910"
+    assert len({TrainConfig(model="rgt", max_tokens=8).key(), TrainConfig(model="rgt").key(),
+                TrainConfig(model="rgt", local_layers=0).key()}) == 3
