@@ -274,7 +274,6 @@ def plot(rows: list[dict], fitted: dict[str, float | None], path: Path) -> None:
     from matplotlib.ticker import NullFormatter
 
     fig, ax = plt.subplots(figsize=(7, 5))
-    x = [r["rows"] for r in rows]
     for name in STAGES:
         slope = fitted[name]
         label = f"{name} (slope {slope:.2f})" if slope is not None else name

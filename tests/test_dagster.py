@@ -8,7 +8,6 @@ import dagster as dg
 import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 import yaml
 
 from assets.definitions import build_definitions, dataset_assets

@@ -41,7 +41,7 @@ from pipeline.tasks import build_task_table, load_examples, task_cutoffs
 from pipeline.tracking import Tracker, TrackingError
 from pipeline.train import TrainConfig, Trainer, load_predictor
 from pipeline.warehouse import extract_table
-from shop import CHURN, RELGRAPH, shop_spec
+from shop import RELGRAPH, shop_spec
 
 REPO = Path(__file__).resolve().parents[1]
 

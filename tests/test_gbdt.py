@@ -320,7 +320,7 @@ def test_link_features_ignore_rows_after_the_cutoff():
     con = generated_shop(n_customers=80)
     before, _ = _features_at(con, "next_products", "task_next_products", cutoff)
     _change_rows_after(con, cutoff)
-    con.execute(f"""INSERT INTO order_items (item_id, order_id, product_id, quantity, __id,
+    con.execute("""INSERT INTO order_items (item_id, order_id, product_id, quantity, __id,
         __fk_order_id, __fk_product_id) SELECT 900000 + i, 900000 + i, 3, 1,
         (SELECT COUNT(*) FROM order_items) + i, o.__id, 3 FROM range(5) r(i)
         JOIN orders o ON o.order_id = 900000 + i""")

@@ -247,7 +247,8 @@ class SQLiteSource(TableNames):
                     rows = con.execute(f"SELECT {quote_ident(col)} FROM {quote_ident(name)} "
                                        f"WHERE typeof({quote_ident(col)}) = 'text'").fetchall()
                     column = next(zip(*rows), ())  # transposed in C, as in read()
-                    values = pa.table({"b": pa.array(column, pa.binary())})
+                    # DuckDB reads this local by its name (FROM values)
+                    values = pa.table({"b": pa.array(column, pa.binary())})  # noqa: F841
                     n, first = duck.execute("SELECT count(*), first(b) FROM values WHERE "
                                             "try(decode(b)) IS NULL").fetchall()[0]
                     if n:
