@@ -41,6 +41,8 @@ class TrainingConfig(dg.Config):
     rgt_local_layers: int = _TRAIN_DEFAULTS.local_layers
     gbdt_num_leaves: int = _GBDT_DEFAULTS.num_leaves
     gbdt_learning_rate: float = _GBDT_DEFAULTS.learning_rate
+    gbdt_min_child_samples: int = _GBDT_DEFAULTS.min_child_samples
+    gbdt_feature_fraction: float = _GBDT_DEFAULTS.feature_fraction
 
 
 def training_assets(spec: DatasetSpec, models=ALL_MODELS) -> list[dg.AssetsDefinition]:
@@ -69,7 +71,9 @@ def _training_asset(spec: DatasetSpec, task_name: str, model: str) -> dg.AssetsD
                            max_steps_per_epoch=config.max_steps_per_epoch, nproc=config.nproc,
                            max_tokens=config.rgt_max_tokens, global_tokens=config.rgt_global_tokens,
                            local_layers=config.rgt_local_layers)
-        gcfg = GBDTConfig(num_leaves=config.gbdt_num_leaves, learning_rate=config.gbdt_learning_rate)
+        gcfg = GBDTConfig(num_leaves=config.gbdt_num_leaves, learning_rate=config.gbdt_learning_rate,
+                          min_child_samples=config.gbdt_min_child_samples,
+                          feature_fraction=config.gbdt_feature_fraction)
         ctx = RunContext(paths=p, tracker=mlflow.tracker(p), dagster_run_id=context.run_id,
                          log=context.log.info, progress=False)
         result = run_model(duckdb.get_connection, spec, task, graph, model, tcfg, ctx,

@@ -55,12 +55,16 @@ _P_CUT, _A_CUT, _C_CUT = 'p."cutoff"', 'a."cutoff"', 'c."cutoff"'
 class GBDTConfig:
     """LightGBM and feature settings (every field has a working default)."""
 
-    num_leaves: int = 31
-    learning_rate: float = 0.05
+    # The winner of an equal-budget search (`relgraph tune --model lightgbm --trials 4` on
+    # customer_churn, 2026-12-07): val AUROC 0.7931 against 0.7929 for the former defaults
+    # (31 leaves, rate 0.05, 20 per leaf, 0.8 of the features), 0.7937 against 0.7936 over
+    # seeds 0-2. A tie, shipped because the rule is that the validation winner ships.
+    num_leaves: int = 47
+    learning_rate: float = 0.0371
     n_estimators: int = 1000
     early_stopping_rounds: int = 50
-    min_child_samples: int = 20
-    feature_fraction: float = 0.8
+    min_child_samples: int = 72
+    feature_fraction: float = 0.982
     seed: int = 0
     max_hops: int = 2
     windows_days: tuple[int, ...] = (30, 90)
