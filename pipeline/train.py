@@ -12,6 +12,7 @@ evaluates, early-stops for all of them and writes the checkpoints.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -59,9 +60,9 @@ class TrainConfig:
     nproc: int = 1                 # processes training together; batch_size is split across them
     # rgt only (see RelationalGraphTransformer): tokens per seed, learned global tokens,
     # message-passing rounds before attention
-    max_tokens: int = 64
-    global_tokens: int = 4
-    local_layers: int = 1
+    max_tokens: int = ModelConfig.max_tokens
+    global_tokens: int = ModelConfig.global_tokens
+    local_layers: int = ModelConfig.local_layers
 
     def key(self) -> str:
         """A short hash naming this configuration (checkpoints are per configuration)."""
@@ -69,14 +70,14 @@ class TrainConfig:
         # A field added after keys existed is left out while it holds its default, so the
         # keys written before it (and their checkpoints) stay valid; any other value (N
         # processes take other steps, another token cap is another model) gets its own.
-        for name, default in LATER_FIELDS.items():
-            if fields[name] == default:
-                del fields[name]
+        for f in dataclasses.fields(self):
+            if f.name in LATER_FIELDS and fields[f.name] == f.default:
+                del fields[f.name]
         blob = json.dumps(fields, sort_keys=True, default=list).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
 
-LATER_FIELDS = {"nproc": 1, "max_tokens": 64, "global_tokens": 4, "local_layers": 1}
+LATER_FIELDS = ("nproc", "max_tokens", "global_tokens", "local_layers")
 
 
 @dataclass
