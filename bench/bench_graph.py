@@ -1,8 +1,8 @@
 """Graph build speed and memory: ours against RelBench's make_pkey_fkey_graph, same tables.
 
-    .venv/bin/python -m bench.bench_graph              # about 1M and 10M rows
+    .venv/bin/python -m bench.bench_graph              # about 1M, 10M and 30M rows
+    .venv/bin/python -m bench.bench_graph --scales 30M # one of them
     .venv/bin/python -m bench.bench_graph --quick      # about 1M rows
-    .venv/bin/python -m bench.bench_graph --with-30m   # also about 30M rows
 
 The synthetic e-commerce dataset (datasets/ecommerce.yaml) is generated at each scale and
 extracted into a DuckDB warehouse with the real pipeline (kept under
@@ -190,7 +190,7 @@ def _relbench_python(given: str | None) -> str | None:
 def run(scales: list[str] | None = None, quick: bool = False, relbench_python: str | None = None,
         workdir: Path | None = None) -> list[dict]:
     """Time both builders at each scale ("1M", "10M", "30M"); one row per scale."""
-    scales = scales or (["1M"] if quick else ["1M", "10M"])
+    scales = scales or (["1M"] if quick else ["1M", "10M", "30M"])
     workdir = workdir or Path(os.environ.get("RELGRAPH_DATA", ROOT / "data")) / "bench" / "graph"
     python = _relbench_python(relbench_python)
     rows = []
@@ -225,7 +225,7 @@ def run(scales: list[str] | None = None, quick: bool = False, relbench_python: s
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="about 1M rows only")
-    parser.add_argument("--with-30m", action="store_true", help="add the about-30M-row scale")
+    parser.add_argument("--scales", help="comma-separated subset of 1M,10M,30M (default: all three)")
     parser.add_argument("--relbench-python", help="interpreter with bench/requirements.txt installed")
     parser.add_argument("--workdir", type=Path, help="where the generated warehouses are kept")
     parser.add_argument("--child", choices=("ours", "relbench"), help=argparse.SUPPRESS)
@@ -241,8 +241,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from bench.run import to_markdown
 
-    scales = ["1M"] if args.quick else ["1M", "10M"] + (["30M"] if args.with_30m else [])
-    print(to_markdown(run(scales, relbench_python=args.relbench_python, workdir=args.workdir)))
+    scales = args.scales.split(",") if args.scales else None
+    print(to_markdown(run(scales, quick=args.quick, relbench_python=args.relbench_python, workdir=args.workdir)))
     return 0
 
 

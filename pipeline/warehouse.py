@@ -284,6 +284,7 @@ class _Analysis:
             self.problem("empty_table", None, 0, [], "the table has no rows",
                          "loaded an empty table")
         self.profile()
+        self.report_mixed_zones()
         self.stage()
         self.reject_bad_times()
         if self.t.primary_key:
@@ -357,6 +358,34 @@ class _Analysis:
                                        f"({_string_time_sql(q(col))}) IS NOT NULL, false)"),
                              f"{bad} of {n} values are not times",
                              "kept the column as text; clean the source or set column_types")
+
+    def report_mixed_zones(self) -> None:
+        """Text time columns where some values name a zone and others do not.
+
+        Both kinds load (zoned values converted to UTC, the others read as UTC), but if the
+        zone-less ones were local times they are now off by the offset, so it is reported.
+        """
+        cols = [c for c in self.time_sql if self.raw_types[c] == "VARCHAR"]
+        if not cols:
+            return
+        zoned = {c: f"regexp_matches(trim({q(c)}), '{_ZONED_RE}') AND NOT "
+                    f"regexp_full_match(trim({q(c)}), '{_NUMBER_RE}')" for c in cols}
+        # zone-less: read as a time, but neither zoned nor an epoch number
+        naive = {c: f"NOT ({zoned[c]}) AND NOT regexp_full_match(trim({q(c)}), '{_NUMBER_RE}') "
+                    f"AND ({_string_time_sql(q(c))}) IS NOT NULL" for c in cols}
+        aggs = [f"count(*) FILTER (WHERE {w[c]})" for c in cols for w in (zoned, naive)]
+        counts = self.con.execute(f"SELECT {', '.join(aggs)} FROM {self.raw}").fetchall()[0]
+        for i, col in enumerate(cols):
+            n_zoned, n_naive = counts[2 * i], counts[2 * i + 1]
+            if not (n_zoned and n_naive):
+                continue
+            examples = (_examples(self.con, self.raw, [col], naive[col])[:2]
+                        + _examples(self.con, self.raw, [col], zoned[col])[:2])
+            self.problem("mixed_time_zones", col, n_naive, examples,
+                         f"{n_naive} value{'s' if n_naive != 1 else ''} without a time zone "
+                         f"next to {n_zoned} with one",
+                         "converted the zoned values to UTC and read the others as UTC; "
+                         "give every value a zone in the source if they are local times")
 
     def stage(self) -> None:
         """Parse times and resolve the other tables' foreign keys in one pass over raw.

@@ -15,9 +15,10 @@ in the same order, then every column cast in DuckDB to the type the parquet ware
 it (a PostgreSQL `integer` arrives as INTEGER where parquet has BIGINT), rows sorted. No
 value is turned into text to make it compare.
 
-RelBench's layout holds single-column keys only, so that kind is compared on the subset
-its metadata can describe: the spec `spec_from_relbench` derives (stores without a primary
-key, orders without the composite foreign key), extracted from RelBench and from parquet.
+RelBench's metadata holds single-column keys only, so the relbench kind is compared twice:
+with the user's spec (composite keys and all, as for every other kind), and with the spec
+`spec_from_relbench` derives from its metadata alone (stores without a primary key, orders
+without the composite foreign key), extracted from RelBench and from parquet.
 """
 
 from __future__ import annotations
@@ -159,7 +160,7 @@ def test_reference_warehouse_applies_the_policies(request, tmp_path):
     assert reports["orders"].rows_in == 11 and reports["orders"].rows_out == 7
 
 
-@pytest.mark.parametrize("kind", ["csv", "sqlite", "duckdb", "postgres", "mysql"])
+@pytest.mark.parametrize("kind", ["csv", "sqlite", "duckdb", "postgres", "mysql", "relbench"])
 def test_every_kind_gives_the_same_warehouse(kind, request, tmp_path):
     ref_path, ref_reports = reference_warehouse(request, tmp_path)
     with duckdb.connect(str(ref_path), read_only=True) as con:

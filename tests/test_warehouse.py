@@ -282,8 +282,22 @@ def test_mixed_time_strings_epochs_and_junk(con):
         (0, ten), (1, ten), (2, ten), (3, ten), (4, ten), (5, datetime(2024, 1, 1))]
     assert rows(con, 'SELECT id, "at", __reason FROM rejected_events ORDER BY id') == [
         (6, "not a time", "unparsable at"), (7, None, "null at")]
-    assert kinds(rep) == {"unparsable_time": 1, "null_time": 1}
+    assert kinds(rep) == {"unparsable_time": 1, "null_time": 1, "mixed_time_zones": 2}
     assert [p.examples for p in rep.problems if p.kind == "unparsable_time"] == [["not a time"]]
+    # two zone-less values (ids 1 and 5) next to two zoned ones (ids 0 and 2)
+    mixed, = [p for p in rep.problems if p.kind == "mixed_time_zones"]
+    assert (mixed.table, mixed.column, mixed.severity) == ("events", "at", "warn")
+    assert mixed.examples == ["2024-01-01 10:00:00", "01.01.2024",
+                              "2024-01-01T12:00:00+02:00", "2024-01-01T10:00:00Z"]
+    assert "2 values without a time zone next to 2 with one" in mixed.detail
+
+
+def test_times_all_with_or_all_without_a_zone_are_not_mixed(con):
+    spec = make_spec({"events": {"primary_key": "id", "time_column": "at"}})
+    for at in (["2024-01-01T12:00:00+02:00", "2024-01-02T00:00:00Z", "1704103200"],
+               ["2024-01-01 10:00:00", "02.01.2024", "1704103200"]):
+        rep = load(con, spec, "events", {"id": [0, 1, 2], "at": at})
+        assert "mixed_time_zones" not in kinds(rep), at
 
 
 def test_typed_times_epoch_numbers_and_timezones(con):
