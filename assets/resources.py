@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import dagster as dg
@@ -35,11 +36,24 @@ class ComputeResource(dg.ConfigurableResource):
     device: str = "auto"
 
 
+class WarehouseResource(DuckDBResource):
+    """dagster-duckdb's resource, creating the warehouse's directory before connecting.
+
+    A fresh data directory has none, and DuckDB then fails to open the file; the parent
+    resource retries that failure with back-off for over a minute before it gives up."""
+
+    @contextmanager
+    def get_connection(self):
+        Path(self.database).parent.mkdir(parents=True, exist_ok=True)
+        with super().get_connection() as con:
+            yield con
+
+
 def default_resources() -> dict:
     paths = DataPaths.from_env()
     return {
         "paths": PathsResource(),
-        "duckdb": DuckDBResource(database=str(paths.warehouse)),
+        "duckdb": WarehouseResource(database=str(paths.warehouse)),
         "mlflow": MLflowResource(),
         "compute": ComputeResource(),
     }
