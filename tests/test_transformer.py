@@ -147,24 +147,52 @@ def test_hgt_handles_missing_edge_types(layers):
     assert torch.allclose(cut, full, atol=1e-6) is (layers == 1)
 
 
-def test_cat_hetero_linear_matches_pyg_in_value_and_gradient():
-    from torch_geometric.nn import HeteroLinear
+@pytest.mark.parametrize("trim", [False, True])
+def test_hgt_layer_matches_pyg_hgtconv_in_value_and_gradient(trim):
+    """Destination-first HGT gives PyG's HGTConv's outputs and gradients: several relations
+    into one type (one softmax over all of them), a relation whose source type is also a
+    destination, a destination type with no edges in the batch (bias path), and, trimmed,
+    only the first nodes of each type updated."""
+    from torch_geometric.nn import HGTConv
 
-    from pipeline.models.transformer import CatHeteroLinear
+    from pipeline.models.transformer import HGTLayer
 
+    node_types = ["a", "b", "c"]
+    edge_types = [("b", "r0", "a"), ("c", "r1", "a"), ("a", "r2", "b"), ("a", "r3", "c")]
     torch.manual_seed(0)
-    ref = HeteroLinear(4, 3, num_types=5, is_sorted=True, bias=False)
-    ours = CatHeteroLinear(4, 3, num_types=5, is_sorted=True, bias=False)
+    ref = HGTConv(8, 8, (node_types, edge_types), heads=2)
+    ours = HGTLayer(8, 8, (node_types, edge_types), heads=2)
     ours.load_state_dict(ref.state_dict())
-    type_vec = torch.tensor([0, 0, 2, 2, 2, 3, 4, 4])  # type 1 has no rows
-    x1 = torch.randn(8, 4, requires_grad=True)
-    x2 = x1.detach().clone().requires_grad_()
-    a, b = ref(x1, type_vec), ours(x2, type_vec)
-    torch.testing.assert_close(a, b)
-    (a * torch.arange(24.0).view(8, 3)).sum().backward()
-    (b * torch.arange(24.0).view(8, 3)).sum().backward()
-    torch.testing.assert_close(x1.grad, x2.grad)
-    torch.testing.assert_close(ref.weight.grad, ours.weight.grad)
+    for p in ref.parameters():  # skip gates and relation priors away from their ones
+        torch.nn.init.normal_(p, std=0.5)
+    ours.load_state_dict(ref.state_dict())
+    n = {"a": 6, "b": 9, "c": 5}
+    x = {t: torch.randn(k, 8) for t, k in n.items()}
+    num_dst = {"a": 4, "b": 3, "c": 5} if trim else {}
+    g = torch.Generator().manual_seed(1)
+
+    def edges(s, d, e):
+        dst_n = num_dst.get(d, n[d])
+        return torch.stack([torch.randint(n[s], (e,), generator=g), torch.randint(dst_n, (e,), generator=g)])
+
+    # ("a", "r3", "c") is absent: "c" gets only the bias path
+    ei = {edge_types[0]: edges("b", "a", 12), edge_types[1]: edges("c", "a", 7),
+          edge_types[2]: edges("a", "b", 10)}
+    xr = {t: v.clone().requires_grad_() for t, v in x.items()}
+    xo = {t: v.clone().requires_grad_() for t, v in x.items()}
+    a, b = ref(xr, ei), ours(xo, ei, num_dst)
+    assert sorted(b) == ["a", "b", "c"]
+    weights = {t: torch.randn(n[t], 8) for t in node_types}
+    loss_r = sum((a[t][: num_dst.get(t, n[t])] * weights[t][: num_dst.get(t, n[t])]).sum() for t in b)
+    loss_o = sum((b[t] * weights[t][: b[t].size(0)]).sum() for t in b)
+    for t in b:
+        torch.testing.assert_close(b[t], a[t][: num_dst.get(t, n[t])], atol=1e-5, rtol=1e-5)
+    loss_r.backward()
+    loss_o.backward()
+    for t in node_types:
+        torch.testing.assert_close(xo[t].grad, xr[t].grad, atol=1e-5, rtol=1e-5)
+    for (name, pr), po in zip(ref.named_parameters(), ours.parameters()):
+        torch.testing.assert_close(po.grad, pr.grad, atol=1e-5, rtol=1e-5, msg=name)
 
 
 @pytest.mark.parametrize("group", [1, 2])

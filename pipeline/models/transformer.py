@@ -13,8 +13,8 @@ from torch import Tensor, nn
 from torch_geometric.data import HeteroData
 # PyG's ModuleDict accepts any table name as a key (torch's rejects names with a dot).
 from torch_geometric.nn.module_dict import ModuleDict
-from torch_geometric.nn import HGTConv, HeteroLinear
-from torch_geometric.utils import degree, to_dense_batch
+from torch_geometric.nn import HGTConv
+from torch_geometric.utils import degree, softmax, to_dense_batch
 
 from pipeline.models.encoders import DEFAULT_PERIODS_DAYS, NodeEncoder, NodeTypeEmbedding
 from pipeline.models.mpnn import HeteroMPLayer, edge_index_dict, hop_plan, num_seeds
@@ -71,31 +71,83 @@ def log_degree_features(
     return out
 
 
-class CatHeteroLinear(HeteroLinear):
-    r"""PyG's ``HeteroLinear`` (:math:`\mathbf{y}_i = \mathbf{x}_i W_{\tau(i)}`), with a
-    fallback that stacks the per-type products with one ``cat``.
+class HGTLayer(HGTConv):
+    r"""PyG's ``HGTConv`` (same parameters, same result), computed destination-first.
 
-    Without pyg-lib, ``HeteroLinear`` writes each type's product into a slice of one
-    output tensor; autograd then copies the whole output gradient once per type, so
-    HGT's relation transforms (heads x edge types of them) cost more in backward than
-    the rest of the model. Here the rows are split once and the products concatenated,
-    whose backward passes are a gather and a split. Same parameters, same result.
+    For destination :math:`i` of type :math:`T`, relation :math:`r = (S, \cdot, T)`,
+    head :math:`h` and source :math:`j` (``D = hidden / heads``):
+
+    .. math::
+        s_{ij}^h = \frac{\mu_r^h}{\sqrt{D}}\, \mathbf{q}_i^h \cdot
+            (\mathbf{k}_j^h W^{K}_{r,h}), \qquad
+        \alpha_{ij}^h = \mathrm{softmax}_{j \in \mathcal{N}(i)} s_{ij}^h, \qquad
+        \mathbf{m}_i^h = \sum_r \Big(\sum_{j \in \mathcal{N}_r(i)} \alpha_{ij}^h
+            \mathbf{v}_j^h\Big) W^{V}_{r,h}
+
+    (the softmax runs over every relation into :math:`i`), then
+    :math:`\mathbf{h}'_i = \sigma(\beta_T)\, W^{out}_T \mathrm{GELU}(\mathbf{m}_i)
+    + (1 - \sigma(\beta_T))\, \mathbf{h}_i`.
+
+    PyG applies :math:`W^K_{r,h}` and :math:`W^V_{r,h}` to every source node of every
+    relation, after copying each source type's keys and values once per relation. Here
+    the query takes :math:`W^K` instead (:math:`\mathbf{q} \cdot \mathbf{k} W =
+    \mathbf{q} W^\top \cdot \mathbf{k}`) and :math:`W^V` is applied after the sum,
+    so both act on destinations only, which the hop plan makes the fewest nodes; queries
+    are computed for destinations only too.
+
+    Shapes:
+        - **input:** ``dict[T, [N_T, hidden]]``, ``dict[edge type, [2, E]]``, and
+          optionally ``num_dst[T]``: only the first ``num_dst[T]`` nodes of T are updated
+          (every edge ends among them)
+        - **output:** ``dict[T, [num_dst[T], hidden]]`` for every type that is the
+          destination of some relation of the metadata
     """
 
-    def forward_naive(self, x: Tensor, type_ptr: Tensor) -> Tensor:
-        # split/unbind, not slicing: a slice's backward also fills a full-size zero tensor
-        parts = x.split((type_ptr[1:] - type_ptr[:-1]).tolist())
-        return torch.cat([p @ w for p, w in zip(parts, self.weight.unbind(0))])
-
-
-def hgt_conv(hidden: int, metadata, heads: int) -> HGTConv:
-    """PyG's HGTConv with :class:`CatHeteroLinear` relation transforms."""
-    conv = HGTConv(hidden, hidden, metadata, heads=heads)
-    for name in ("k_rel", "v_rel"):
-        old = getattr(conv, name)
-        setattr(conv, name, CatHeteroLinear(old.in_channels, old.out_channels, old.num_types,
-                                            is_sorted=old.is_sorted, bias=old.bias is not None))
-    return conv
+    def forward(self, x_dict: dict[str, Tensor], edge_index_dict: dict,
+                num_dst: dict[str, int] | None = None) -> dict[str, Tensor]:
+        num_dst = num_dst or {}
+        F, H = self.out_channels, self.heads
+        D = F // H
+        kv, q = {}, {}
+        for t, x in x_dict.items():
+            lin = self.kqv_lin.lins[t]
+            w, b = lin.weight, lin.bias  # rows: keys, queries, values
+            kv[t] = torch.nn.functional.linear(
+                x, torch.cat([w[:F], w[2 * F:]]), torch.cat([b[:F], b[2 * F:]])).view(-1, 2, H, D)
+            if t in self.dst_node_types:
+                q[t] = torch.nn.functional.linear(x[: num_dst.get(t, x.size(0))], w[F:2 * F],
+                                                  b[F:2 * F]).view(-1, H, D)
+        num_rel = len(self.edge_types)
+        w_k = self.k_rel.weight.view(H, num_rel, D, D)
+        w_v = self.v_rel.weight.view(H, num_rel, D, D)
+        per_dst: dict[str, list] = {}
+        for et, ei in edge_index_dict.items():
+            r = self.edge_types_map[et]
+            src, dst = ei
+            # score = (q W_k^T) . k, per head
+            qk = torch.einsum("nhe,hde->nhd", q[et[-1]], w_k[:, r])
+            k_j = kv[et[0]][:, 0].index_select(0, src)
+            score = (qk.index_select(0, dst) * k_j).sum(-1) * self.p_rel["__".join(et)]
+            per_dst.setdefault(et[-1], []).append((r, et[0], src, dst, score / D ** 0.5))
+        out = {}
+        for t, h_q in q.items():
+            n = h_q.size(0)
+            m = h_q.new_zeros(n, H, D)
+            rels = per_dst.get(t, [])
+            if rels:
+                index = torch.cat([dst for _, _, _, dst, _ in rels])
+                alpha = softmax(torch.cat([s for *_, s in rels]), index, num_nodes=n)
+                for (r, s, src, dst, _), a in zip(rels, alpha.split([d.numel() for _, _, _, d, _ in rels])):
+                    msg = kv[s][:, 1].index_select(0, src) * a.unsqueeze(-1)
+                    agg = msg.new_zeros(n, H, D).index_add_(0, dst, msg)
+                    m = m + torch.einsum("nhd,hde->nhe", agg, w_v[:, r])
+            a_t = self.out_lin.lins[t](torch.nn.functional.gelu(m.reshape(n, F)))
+            x_t = x_dict[t][:n]
+            if a_t.size(-1) == x_t.size(-1):
+                beta = self.skip[t].sigmoid()
+                a_t = beta * a_t + (1 - beta) * x_t
+            out[t] = a_t
+        return out
 
 
 class HGT(nn.Module):
@@ -159,9 +211,12 @@ class HGT(nn.Module):
             for j, et in enumerate(edge_types)
         }
         aliased = (list(self.node_alias.values()), list(self.edge_alias.values()))
-        self.convs = nn.ModuleList(
-            hgt_conv(hidden, aliased, heads) for _ in range(layers)
-        )
+        self.convs = nn.ModuleList(HGTLayer(hidden, hidden, aliased, heads=heads) for _ in range(layers))
+        for conv in self.convs:
+            # Redrawn, as the version that replaced these two modules after construction
+            # did, so that a seed gives the same initial weights as it always has.
+            conv.k_rel.reset_parameters()
+            conv.v_rel.reset_parameters()
         self.norms = nn.ModuleList(
             ModuleDict(
                 {t: nn.LayerNorm(hidden) if norm == "layer" else nn.Identity() for t in node_types}
@@ -182,10 +237,11 @@ class HGT(nn.Module):
         for i, (conv, norms) in enumerate(zip(self.convs, self.norms, strict=True)):
             num_dst, num_edges = plan[i] if plan is not None else ({}, {})
             layer_ei = {self.edge_alias[et]: e[:, : num_edges.get(et, e.size(1))] for et, e in ei.items()}
-            out = conv({alias[t]: h for t, h in x_dict.items()}, layer_ei) if layer_ei else {}
+            out = conv({alias[t]: h for t, h in x_dict.items()}, layer_ei,
+                       {alias[t]: n for t, n in num_dst.items()}) if layer_ei else {}
             x_dict = {
-                t: norms[t](self.dropout(out[alias[t]]) if out.get(alias[t]) is not None else h)[
-                    : num_dst.get(t, h.size(0))]
+                t: norms[t](self.dropout(out[alias[t]]) if alias[t] in out
+                            else h[: num_dst.get(t, h.size(0))])
                 for t, h in x_dict.items()
             }
         return x_dict[self.entity_type][: num_seeds(batch, self.entity_type)]
