@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
-import resource
 import tempfile
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+
+from bench.memory import peak_mb
 
 SCALES = (10_000, 100_000)
 QUICK_SCALES = (10_000,)
@@ -41,7 +42,7 @@ def _measure(scale: int, seed: int) -> dict:
         "seconds": round(seconds, 3),
         "rows_per_s": round(rows / seconds),
         # ru_maxrss is in KiB on Linux
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mb": round(peak_mb(), 1),
         "parquet_mb": round(disk / 2**20, 1),
     }
 

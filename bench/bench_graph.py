@@ -28,12 +28,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from bench.memory import hwm_mb, reset_peak, rss_mb
 
 import yaml
 
@@ -41,16 +42,6 @@ ROOT = Path(__file__).resolve().parent.parent
 SPEC = ROOT / "datasets" / "ecommerce.yaml"
 # customers -> about 17 rows each in all tables
 SCALES = {"1M": 58_000, "10M": 580_000, "30M": 1_740_000}
-
-
-def _rss_mb() -> float:
-    """Current resident set size of this process."""
-    pages = int(Path("/proc/self/statm").read_text().split()[1])
-    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def _peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def _spec_at(customers: int):
@@ -106,12 +97,14 @@ def child_ours(warehouse: Path, customers: int) -> dict:
     spec = _spec_at(customers)
     con = duckdb.connect(str(warehouse), read_only=True)
     cutoff = con.execute("SELECT max(ordered_at) - INTERVAL 60 DAY FROM orders").fetchall()[0][0]
-    before = _rss_mb()
+    before = rss_mb()
+    # the build's own peak: what importing and connecting reached before it does not count
+    reset_peak()
     with tempfile.TemporaryDirectory() as cache:
         started = time.perf_counter()
         art = build_graph(con, spec, cutoff, FeatureConfig(), Path(cache))
         seconds = time.perf_counter() - started
-        peak = _peak_mb()
+        peak = hwm_mb()
         started = time.perf_counter()
         hit = build_graph(con, spec, cutoff, FeatureConfig(), Path(cache))
         hit_seconds = time.perf_counter() - started
@@ -158,7 +151,8 @@ def child_relbench(warehouse: Path, tables: dict) -> dict:
     con.close()
     db = Database(frames)
     load_seconds = time.perf_counter() - started
-    before = _rss_mb()
+    before = rss_mb()
+    reset_peak()  # as for ours: the build's own peak, not the loading's
     started = time.perf_counter()
     stypes = get_stype_proposal(db)
     for name, t in tables.items():  # the time column is no feature on our side either
@@ -166,7 +160,7 @@ def child_relbench(warehouse: Path, tables: dict) -> dict:
             stypes[name].pop(t["time"], None)
     data, _ = make_pkey_fkey_graph(db, stypes, TextEmbedderConfig(HashTextEmbedder(64), batch_size=50_000))
     seconds = time.perf_counter() - started
-    return {"seconds": seconds, "load_seconds": load_seconds, "peak_mb": _peak_mb(),
+    return {"seconds": seconds, "load_seconds": load_seconds, "peak_mb": hwm_mb(),
             "before_mb": before, "rows": sum(data[t].num_nodes for t in data.node_types),
             "edges": sum(data[e].edge_index.size(1) for e in data.edge_types)}
 

@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import resource
 import shutil
 import tempfile
 import time
@@ -45,6 +44,8 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
+
+from bench.memory import peak_mb
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = ROOT / "datasets" / "ecommerce.yaml"
@@ -58,10 +59,6 @@ TRAIN_STEPS = 100
 BATCH = 512
 EVAL_EXAMPLES = 2_048
 SLOPE_FROM_ROWS = 1_000_000
-
-
-def _peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def _spec(customers: int):
@@ -198,7 +195,7 @@ def _in_child(fn, *args) -> dict:
 
 def _measured(fn, *args) -> dict:
     out = fn(*args)
-    out["peak_mb"] = _peak_mb()
+    out["peak_mb"] = peak_mb()
     return out
 
 

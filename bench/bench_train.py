@@ -48,12 +48,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from bench.memory import hwm_mb, peak_mb, reset_peak, rss_mb
 
 ROOT = Path(__file__).resolve().parent.parent
 TASK = "customer_churn"
@@ -67,38 +68,16 @@ BATCH = 512
 RELBENCH_CHANNELS, RELBENCH_LAYERS, RELBENCH_LR = 128, 2, 0.005
 
 
-def _peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
-def _rss_mb() -> float:
-    pages = int(Path("/proc/self/statm").read_text().split()[1])
-    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def _reset_peak() -> None:
-    """Restart the kernel's peak-RSS count (VmHWM) of this process from its current RSS."""
-    Path("/proc/self/clear_refs").write_text("5")
-
-
-def _hwm_mb() -> float:
-    """Peak RSS since the last `_reset_peak` (since the start, if none)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("/proc/self/status has no VmHWM line")
-
-
 def _timed_with_memory(batches, step, warmup: int, steps: int) -> dict:
     """`_timed`, plus the process's peak RSS over all time ("peak_mb"), its RSS before the
     first step ("before_mb") and its peak RSS during the steps alone ("steps_peak_mb"):
     the whole-process peak can come from the sampler's index build, which is the same for
     every model, so the steps' own peak tells the models apart."""
-    before = _rss_mb()
-    setup_peak = _peak_mb()
-    _reset_peak()
+    before = rss_mb()
+    setup_peak = peak_mb()
+    reset_peak()
     out = _timed(batches, step, warmup, steps)
-    steps_peak = _hwm_mb()
+    steps_peak = hwm_mb()
     out.update(peak_mb=max(setup_peak, steps_peak), before_mb=before, steps_peak_mb=steps_peak)
     return out
 
