@@ -9,6 +9,8 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 TORCH_INDEX ?=
 RELGRAPH_DATA ?= $(CURDIR)/data
+# `make run MODELS=all` trains every model; default: relgraph run's four (README)
+MODELS ?=
 export RELGRAPH_DATA
 export DAGSTER_HOME := $(RELGRAPH_DATA)/dagster
 
@@ -25,7 +27,7 @@ install: $(VENV)/.installed
 
 run: install
 	mkdir -p $(DAGSTER_HOME) && cp -f dagster.yaml $(DAGSTER_HOME)/dagster.yaml
-	$(VENV)/bin/relgraph run --dataset datasets/ecommerce.yaml
+	$(VENV)/bin/relgraph run --dataset datasets/ecommerce.yaml $(if $(MODELS),--models $(MODELS))
 
 test: install
 	$(PY) -m pytest -q

@@ -1,6 +1,6 @@
 """The `relgraph` command. Every sub-command runs the same Dagster assets as the UI, in process.
 
-    relgraph run   --dataset SPEC [--task T] [--models sage,gat] [--seeds N] [--scale N] [--nproc N]
+    relgraph run   --dataset SPEC [--task T] [--models sage,gat | all] [--seeds N] [--scale N] [--nproc N]
     relgraph train --dataset SPEC [--task T] [--model sage] [--nproc N] [--epochs E] [--seeds N]
     relgraph graph --dataset SPEC [--scale N]
     relgraph tune  --dataset SPEC [--task T] --model M --trials N [--seed S] [--timeout-s X]
@@ -134,15 +134,11 @@ def _spec_and_task(args, verb: str = "train"):
 
 
 def cmd_run(args) -> int:
-    from pipeline.experiment import ALL_MODELS
     from pipeline.paths import DataPaths
     from pipeline.report import comparison
 
     spec, task = _spec_and_task(args)
-    models = [m.strip() for m in args.models.split(",")] if args.models else list(ALL_MODELS)
-    unknown = [m for m in models if m not in ALL_MODELS]
-    if unknown:
-        raise SystemExit(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(ALL_MODELS)}")
+    models = run_models(args.models)
     keys = [[spec.name, t] for t in spec.tables] + [[spec.name, task.name], [spec.name, "graph"]]
     keys += [[spec.name, task.name, m] for m in models]
     keys += [[spec.name, task.name, "evaluation"], [spec.name, task.name, "champion"],
@@ -160,6 +156,22 @@ def cmd_run(args) -> int:
     print(f"\nMLflow experiment: relgraph/{spec.name}/{task.name}  "
           f"(tracking store: {os.environ.get('MLFLOW_TRACKING_URI') or DataPaths.from_env().mlflow_uri()})")
     return 0
+
+
+def run_models(arg: str | None) -> list[str]:
+    """The models `relgraph run --models ARG` trains: the default four without ARG, every
+    model for 'all', else the comma-separated names (each must exist)."""
+    from pipeline.experiment import ALL_MODELS, DEFAULT_MODELS
+
+    if not arg:
+        return list(DEFAULT_MODELS)
+    if arg.strip() == "all":
+        return list(ALL_MODELS)
+    models = [m.strip() for m in arg.split(",")]
+    unknown = [m for m in models if m not in ALL_MODELS]
+    if unknown:
+        raise SystemExit(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(ALL_MODELS)}")
+    return models
 
 
 def _overrides(args) -> dict:
@@ -290,7 +302,8 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("run", help="extract, build, train and evaluate on one task")
     run.add_argument("--dataset", default=default_spec)
     run.add_argument("--task")
-    run.add_argument("--models", help="comma-separated; default: every model")
+    run.add_argument("--models", help="comma-separated, or 'all'; default: lightgbm_flat, lightgbm, "
+                                      "sage and hgt")
     run.add_argument("--seeds", type=int, default=1)
     run.add_argument("--seed", type=int, default=0,
                      help="first training seed; --seeds N trains seeds seed .. seed+N-1")

@@ -77,3 +77,14 @@ def test_mlflow_has_a_parent_and_one_nested_run_per_model(run_dir):
     history = client.get_metric_history(sage.info.run_id, "val_auroc")
     assert sorted({m.step for m in history}) == [1, 2]
     assert sage.data.metrics["val_auroc"] == max(m.value for m in history)
+
+
+def test_run_trains_the_default_four_all_or_the_named_models():
+    from pipeline.cli import run_models
+    from pipeline.experiment import ALL_MODELS
+
+    assert run_models(None) == ["lightgbm_flat", "lightgbm", "sage", "hgt"]
+    assert run_models("all") == list(ALL_MODELS) and len(ALL_MODELS) == 8
+    assert run_models("gat, lightgbm") == ["gat", "lightgbm"]
+    with pytest.raises(SystemExit, match="unknown model.*sagee"):
+        run_models("sage,sagee")
