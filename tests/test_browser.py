@@ -14,6 +14,7 @@ missing the test is skipped, except under CI=true, where that is a failure.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shutil
@@ -39,8 +40,6 @@ JOB = "ecommerce_nightly"
 GBDT_MODELS = ("lightgbm", "lightgbm_flat")
 GRAPH_MODELS = ("gcn", "sage", "gat", "gin", "hgt", "rgt")
 MODELS = GBDT_MODELS + GRAPH_MODELS
-EXTRACT = ("categories", "customers", "products", "orders", "order_items", "reviews", "returns")
-ASSETS = (*EXTRACT, TASK, "graph", *MODELS, "evaluation", "champion", "predictions")
 # The Launchpad's run config: every graph model trains one epoch of two batches at a
 # small width (seconds each, instead of minutes); LightGBM keeps its defaults.
 GRAPH_MODEL_CONFIG = {"epochs": 1, "max_steps_per_epoch": 2, "hidden": 16}
@@ -171,16 +170,27 @@ def _shoot(page, name: str, tmp: Path) -> None:
     shutil.copy(tmp / name, out)
 
 
-def _assert_materialized(data: Path) -> None:
-    """Every asset of the selection has a materialization in the run's Dagster instance."""
-    import dagster as dg
-
+def _asset_keys(data: Path) -> list[list[str]]:
+    """Every asset of the job: the extract (one per table), the task, the graph, the eight
+    models, evaluation, champion and predictions."""
     spec = yaml.safe_load((data.parent / "ecommerce.yaml").read_text())
     keys = [["ecommerce", t] for t in spec["tables"]] + [["ecommerce", TASK], ["ecommerce", "graph"]]
-    keys += [["ecommerce", TASK, s] for s in (*MODELS, "evaluation", "champion", "predictions")]
+    return keys + [["ecommerce", TASK, s] for s in (*MODELS, "evaluation", "champion", "predictions")]
+
+
+def _assert_materialized(data: Path, run_id: str) -> None:
+    """Every asset of the job was materialized by the run, in the run's Dagster instance."""
+    import dagster as dg
+
     with dg.DagsterInstance.from_config(str(data / "dagster")) as instance:
-        missing = [k for k in keys if instance.get_latest_materialization_event(dg.AssetKey(k)) is None]
-    assert not missing, f"not materialized: {missing}"
+        latest = {tuple(k): instance.get_latest_materialization_event(dg.AssetKey(k)) for k in _asset_keys(data)}
+    missing = [k for k, event in latest.items() if event is None or event.run_id != run_id]
+    assert not missing, f"not materialized by run {run_id}: {missing}"
+
+
+def _sidebar_entry(page, name: str):
+    """The lineage page's list entry of the asset `name`: a button with a status icon."""
+    return page.get_by_role("button").filter(has=page.get_by_title(name, exact=True))
 
 
 def test_launch_from_dagster_ui_and_read_mlflow(servers, monkeypatch):
@@ -188,72 +198,104 @@ def test_launch_from_dagster_ui_and_read_mlflow(servers, monkeypatch):
     from playwright.sync_api import expect, sync_playwright
 
     urls, data, tmp = servers
+    names = [k[-1] for k in _asset_keys(data)]
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1600, "height": 1000})
+            # 1200 px high: the whole unfiltered graph (eight models in one column) fits.
+            page = browser.new_page(viewport={"width": 1600, "height": 1200})
             page.set_default_timeout(60_000)
             expect.set_options(timeout=60_000)  # the graph and labels load well after the page
 
-            # The asset graph, filtered to what this run materializes.
+            # The global asset graph: the extract, graph and model assets, none materialized.
             page.goto(f"{urls['dagster']}/asset-groups")
-            # Typing before the graph has loaded leaves a filter that matches nothing.
-            expect(page.get_by_role("button", name=re.compile(r"^sage\b")).first).to_be_visible()
-            page.locator(".CodeMirror").first.click()  # "Search and filter assets"
-            page.keyboard.type(SELECTION)
-            page.keyboard.press("Enter")
-            expect(page.get_by_text("sage", exact=True)).to_have_count(0)
-            for name in ("orders", "customers", "graph", "lightgbm", "evaluation", "champion"):
-                expect(page.get_by_text(name, exact=True).first).to_be_visible()
+            expect(page.get_by_text("Global asset lineage")).to_be_visible()
+            for name in names:
+                expect(_sidebar_entry(page, name)).to_be_visible()
+                expect(page.get_by_text(name, exact=True).last).to_be_visible()  # its graph node
+            expect(page.get_by_role("img", name="run_success")).to_have_count(0)
 
-            graph_url = page.url  # the filter lives in the URL
-            page.get_by_role("button", name="Materialize all").click()
-            # Dagster warns that the graph models upstream of evaluation are unmaterialized;
-            # evaluation compares the models of this run only, so that is expected.
-            expect(page.get_by_text("upstream assets listed below have not been materialized")).to_be_visible()
-            for model in GRAPH_MODELS:
-                expect(page.get_by_text(f"ecommerce / {TASK} / {model}", exact=True)).to_be_visible()
-            page.get_by_role("button", name="Confirm").click()
-            toast = page.get_by_text(re.compile(r"Launched run [0-9a-f]{8}"))
-            expect(toast).to_be_visible()
-            short_id = re.search(r"Launched run ([0-9a-f]{8})", toast.inner_text()).group(1)
-
-            # The toast names the run by its first 8 characters; the runs list links to it.
-            page.goto(f"{urls['dagster']}/runs")
-            page.get_by_role("link", name=short_id).first.click()
-            expect(page).to_have_url(re.compile(rf"/runs/{short_id}[0-9a-f-]+"))
+            # The training job's Launchpad, reached from the Jobs page: its YAML editor is a
+            # CodeMirror, set through its API (typed YAML would be re-indented by the editor).
+            page.goto(f"{urls['dagster']}/jobs")
+            page.get_by_role("link", name=JOB, exact=True).click()
+            expect(page).to_have_url(re.compile(rf"/jobs/{JOB}$"))
+            page.goto(page.url + "/playground")  # the Launchpad (an asset job has no tab for it)
+            editor = page.locator(".CodeMirror").first
+            expect(editor).to_contain_text(f"ecommerce__{TASK}__gat")  # the scaffolded defaults
+            text = yaml.safe_dump(RUN_CONFIG, sort_keys=False)
+            page.evaluate("t => document.querySelector('.CodeMirror').CodeMirror.setValue(t)", text)
+            assert page.evaluate("document.querySelector('.CodeMirror').CodeMirror.getValue()") == text
+            # The Launchpad validates the config as it changes and names each error.
+            expect(page.get_by_text("No errors", exact=True)).to_be_visible()
+            launch = page.get_by_role("button", name="Launch Run")
+            expect(launch).to_be_enabled()
+            launch.click()
+            expect(page).to_have_url(re.compile(r"/runs/[0-9a-f]{8}-[0-9a-f-]+$"))
+            run_id = re.search(r"/runs/([0-9a-f-]+)$", page.url).group(1)
             status = page.get_by_text(re.compile(r"^(Success|Failure|Canceled)$")).first
             expect(status).to_be_visible(timeout=RUN_TIMEOUT_S * 1000)
             assert status.inner_text() == "Success", (tmp / "dagster.log").read_text()[-5000:]
 
             monkeypatch.setenv("DAGSTER_HOME", str(data / "dagster"))  # dagster.yaml reads it
-            _assert_materialized(data)
-            page.goto(graph_url)
-            expect(page.get_by_text("predictions", exact=True).first).to_be_visible()
-            page.wait_for_timeout(5_000)  # node colours follow the run by a few seconds
+            _assert_materialized(data, run_id)
+
+            # The whole graph again, every asset materialized (green, with a success icon
+            # in the list; the icons follow the run by a few seconds).
+            page.goto(f"{urls['dagster']}/asset-groups")
+            for name in names:
+                expect(_sidebar_entry(page, name).get_by_role("img", name="run_success")).to_be_visible()
+                expect(page.get_by_text(name, exact=True).last).to_be_visible()
+            page.wait_for_timeout(2_000)  # the graph's layout settles
             _shoot(page, "dagster_asset_graph.png", tmp)
 
-            # MLflow: one nested run per model, each with a test_auroc.
+            # MLflow: one parent run for the Dagster run, one nested run per model, each with
+            # a test_auroc; the graph models ran with the Launchpad's config.
             client = MlflowClient(tracking_uri=urls["mlflow"])
             experiment = client.get_experiment_by_name(f"relgraph/ecommerce/{TASK}")
             assert experiment is not None
+            parents = client.search_runs([experiment.experiment_id], "tags.relgraph_role = 'parent'")
+            assert [r.info.run_name for r in parents] == [f"dagster-{run_id[:8]}"]
             nested = client.search_runs([experiment.experiment_id], "tags.relgraph_role = 'model'")
             assert sorted(r.data.params["model"] for r in nested) == sorted(MODELS)
+            assert {r.data.tags.get("mlflow.parentRunId") for r in nested} == {parents[0].info.run_id}
             for run in nested:
-                auroc = run.data.metrics["test_auroc"]
-                assert 0.5 < auroc <= 1.0
+                model, auroc = run.data.params["model"], run.data.metrics["test_auroc"]
+                assert run.info.run_name == model
+                if model in GRAPH_MODELS:
+                    # two batches of training: any valid AUROC, near chance is expected
+                    assert math.isfinite(auroc) and 0.0 <= auroc <= 1.0, (model, auroc)
+                    assert {k: run.data.params.get(k) for k in GRAPH_MODEL_CONFIG} == \
+                        {k: str(v) for k, v in GRAPH_MODEL_CONFIG.items()}, model
+                else:
+                    assert 0.5 < auroc <= 1.0, (model, auroc)
+                # The run's own page lists its metrics in a plain table.
                 page.goto(f"{urls['mlflow']}/#/experiments/{experiment.experiment_id}/runs/{run.info.run_id}")
                 expect(page.get_by_text("test_auroc").first).to_be_visible()
                 expect(page.get_by_text(f"{auroc:.4f}"[:5]).first).to_be_visible()
 
+            # The runs table: the parent run expanded to its nested runs, test_auroc shown.
             page.goto(f"{urls['mlflow']}/#/experiments/{experiment.experiment_id}/runs")
-            parent = page.get_by_text(re.compile(r"^dagster-[0-9a-f]{8}$")).first
+            parent = page.get_by_role("link", name=f"dagster-{run_id[:8]}", exact=True)
             expect(parent).to_be_visible()
-            expand = page.get_by_role("button", name=re.compile("expand", re.I))
-            if expand.count():
-                expand.first.click()
-                for model in MODELS:
-                    expect(page.get_by_text(model, exact=True).first).to_be_visible()
+            assistant = page.get_by_text("MLflow Assistant", exact=True)
+            if assistant.is_visible():  # a side panel, open on a first visit; it covers the table
+                page.get_by_role("button", name="Close", exact=True).click()
+            expect(assistant).to_be_hidden()
+            for model in MODELS:  # folded under the parent
+                expect(page.get_by_role("link", name=model, exact=True)).to_be_hidden()
+            # The "+" icon left of the run's name, in the same cell.
+            page.get_by_role("gridcell").filter(has=parent).get_by_role("button").click()
+            for model in MODELS:
+                expect(page.get_by_role("link", name=model, exact=True)).to_be_visible()
+            page.get_by_role("button", name="Columns", exact=True).click()
+            page.get_by_title("test_auroc", exact=True).click()  # the metric's entry in the menu
+            page.keyboard.press("Escape")
+            expect(page.get_by_role("columnheader", name="test_auroc").first).to_be_visible()
+            for run in nested:  # each nested run's value in the table (cells show 8+ digits)
+                value = f"{run.data.metrics['test_auroc']:.6f}"[:7]
+                expect(page.get_by_role("gridcell", name=re.compile(rf"^{re.escape(value)}"))).to_be_visible()
+            expect(assistant).to_be_hidden()
             _shoot(page, "mlflow_experiment.png", tmp)
         except Exception:
             page.screenshot(path=str(tmp / "failure.png"))  # the test artifact to look at first
