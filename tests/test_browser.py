@@ -1,11 +1,15 @@
 """The Dagster and MLflow UIs in a real headless Chromium.
 
 Starts `dagster dev` and `mlflow server` on free ports over a fresh data directory (a
-1,500-customer churn-only copy of the e-commerce spec), opens the global asset lineage,
-filters it to the extract, graph and LightGBM assets plus evaluation, champion and
-predictions, launches "Materialize all" from the page, waits for the run's success, and
-reads the nested runs' `test_auroc` in the MLflow UI. Screenshots go to docs/img/ and,
-as test artifacts, to the test's tmp directory.
+1,500-customer churn-only copy of the e-commerce spec). In the Dagster UI: finds the
+extract, graph and model assets in the global asset lineage, opens the training job
+`ecommerce_nightly` from the Jobs page, sets its Launchpad's run config (each graph model
+one epoch of two batches), launches the run and waits for its success, then shows the
+whole graph with every asset materialized. In the MLflow UI: the experiment's parent run,
+expanded, has one nested run per model (two LightGBM, six graph models), each with its
+`test_auroc` in the runs table and on its own page. Screenshots of the graph and of the
+runs table go to docs/img/ (the README shows them) and, as test artifacts, to the test's
+tmp directory; a failure leaves failure.png there.
 
 Needs Debian's Chromium (installed with apt-get when missing and running as root) and
 the playwright package (its bundled browser download is never used). Where either is
@@ -193,6 +197,21 @@ def _sidebar_entry(page, name: str):
     return page.get_by_role("button").filter(has=page.get_by_title(name, exact=True))
 
 
+def _graph_node(page, name: str):
+    """The asset graph's node of the asset `name` (an SVG foreignObject)."""
+    return page.locator("foreignObject").get_by_text(name, exact=True)
+
+
+def _value_shown(value: float) -> re.Pattern:
+    """The start of a metric as a page shows it: its digits cut or rounded to three places."""
+    return re.compile("|".join(re.escape(v) for v in {repr(value)[:5], f"{value:.3f}"}))
+
+
+def _set_editor(page, text: str) -> None:
+    page.evaluate("t => document.querySelector('.CodeMirror').CodeMirror.setValue(t)", text)
+    assert page.evaluate("document.querySelector('.CodeMirror').CodeMirror.getValue()") == text
+
+
 def test_launch_from_dagster_ui_and_read_mlflow(servers, monkeypatch):
     from mlflow.tracking import MlflowClient
     from playwright.sync_api import expect, sync_playwright
@@ -212,23 +231,26 @@ def test_launch_from_dagster_ui_and_read_mlflow(servers, monkeypatch):
             expect(page.get_by_text("Global asset lineage")).to_be_visible()
             for name in names:
                 expect(_sidebar_entry(page, name)).to_be_visible()
-                expect(page.get_by_text(name, exact=True).last).to_be_visible()  # its graph node
+                expect(_graph_node(page, name)).to_be_visible()
             expect(page.get_by_role("img", name="run_success")).to_have_count(0)
 
             # The training job's Launchpad, reached from the Jobs page: its YAML editor is a
             # CodeMirror, set through its API (typed YAML would be re-indented by the editor).
             page.goto(f"{urls['dagster']}/jobs")
-            page.get_by_role("link", name=JOB, exact=True).click()
+            page.get_by_role("link").filter(has_text=re.compile(rf"^{JOB}$")).click()
             expect(page).to_have_url(re.compile(rf"/jobs/{JOB}$"))
             page.goto(page.url + "/playground")  # the Launchpad (an asset job has no tab for it)
             editor = page.locator(".CodeMirror").first
             expect(editor).to_contain_text(f"ecommerce__{TASK}__gat")  # the scaffolded defaults
+            # The Launchpad validates the config as it changes: a misspelt field is named
+            # and blocks the launch, the real config clears it.
             text = yaml.safe_dump(RUN_CONFIG, sort_keys=False)
-            page.evaluate("t => document.querySelector('.CodeMirror').CodeMirror.setValue(t)", text)
-            assert page.evaluate("document.querySelector('.CodeMirror').CodeMirror.getValue()") == text
-            # The Launchpad validates the config as it changes and names each error.
-            expect(page.get_by_text("No errors", exact=True)).to_be_visible()
             launch = page.get_by_role("button", name="Launch Run")
+            _set_editor(page, text.replace("max_steps_per_epoch", "max_steps_per_epok"))
+            expect(page.get_by_text('unexpected config entry "max_steps_per_epok"').first).to_be_visible()
+            expect(launch).to_be_disabled()
+            _set_editor(page, text)
+            expect(page.get_by_text("No errors", exact=True)).to_be_visible()
             expect(launch).to_be_enabled()
             launch.click()
             expect(page).to_have_url(re.compile(r"/runs/[0-9a-f]{8}-[0-9a-f-]+$"))
@@ -245,7 +267,7 @@ def test_launch_from_dagster_ui_and_read_mlflow(servers, monkeypatch):
             page.goto(f"{urls['dagster']}/asset-groups")
             for name in names:
                 expect(_sidebar_entry(page, name).get_by_role("img", name="run_success")).to_be_visible()
-                expect(page.get_by_text(name, exact=True).last).to_be_visible()
+                expect(_graph_node(page, name)).to_be_visible()
             page.wait_for_timeout(2_000)  # the graph's layout settles
             _shoot(page, "dagster_asset_graph.png", tmp)
 
@@ -272,7 +294,7 @@ def test_launch_from_dagster_ui_and_read_mlflow(servers, monkeypatch):
                 # The run's own page lists its metrics in a plain table.
                 page.goto(f"{urls['mlflow']}/#/experiments/{experiment.experiment_id}/runs/{run.info.run_id}")
                 expect(page.get_by_text("test_auroc").first).to_be_visible()
-                expect(page.get_by_text(f"{auroc:.4f}"[:5]).first).to_be_visible()
+                expect(page.get_by_text(_value_shown(auroc)).first).to_be_visible()
 
             # The runs table: the parent run expanded to its nested runs, test_auroc shown.
             page.goto(f"{urls['mlflow']}/#/experiments/{experiment.experiment_id}/runs")
@@ -292,9 +314,9 @@ def test_launch_from_dagster_ui_and_read_mlflow(servers, monkeypatch):
             page.get_by_title("test_auroc", exact=True).click()  # the metric's entry in the menu
             page.keyboard.press("Escape")
             expect(page.get_by_role("columnheader", name="test_auroc").first).to_be_visible()
-            for run in nested:  # each nested run's value in the table (cells show 8+ digits)
-                value = f"{run.data.metrics['test_auroc']:.6f}"[:7]
-                expect(page.get_by_role("gridcell", name=re.compile(rf"^{re.escape(value)}"))).to_be_visible()
+            for run in nested:  # each nested run's value, in full (JavaScript's shortest repr)
+                value = re.compile(rf"^{re.escape(repr(run.data.metrics['test_auroc']))}$")
+                expect(page.get_by_role("gridcell", name=value)).to_be_visible()
             expect(assistant).to_be_hidden()
             _shoot(page, "mlflow_experiment.png", tmp)
         except Exception:

@@ -296,8 +296,13 @@ def test_node_encoder_shapes_and_empty_types():
     assert torch.equal(enc(older)["products"], out["products"])
 
 
-def test_node_encoder_is_the_documented_sum_of_its_blocks():
-    """The fused product of the dense blocks equals the docstring's sum, block by block."""
+@pytest.mark.parametrize("one_hot_max", [256, 0])
+def test_node_encoder_is_the_documented_sum_of_its_blocks(monkeypatch, one_hot_max):
+    """The fused product of the blocks equals the docstring's sum, block by block, with the
+    categoricals as code counts in the product (few codes) or looked up (many)."""
+    import pipeline.models.encoders as encoders
+
+    monkeypatch.setattr(encoders, "ONE_HOT_MAX_CODES", one_hot_max)
     torch.manual_seed(0)
     enc = NodeEncoder(FEATURE_META, 8, ENTITY, edge_types=EDGE_TYPES).eval()
     batch = small_batch()

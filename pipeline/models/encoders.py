@@ -21,6 +21,9 @@ from torch_geometric.nn.module_dict import ModuleDict
 
 SECONDS_PER_DAY = 86_400.0
 DEFAULT_PERIODS_DAYS: tuple[float, ...] = (1.0, 7.0, 30.4375, 365.25)
+# A type's categoricals up to this many codes in all enter the encoder's one product as
+# code counts; beyond it, [N, codes] counts would cost more than embedding lookups.
+ONE_HOT_MAX_CODES = 256
 
 
 def seed_time_per_node(batch: HeteroData, node_type: str, entity_type: str) -> Tensor:
@@ -198,38 +201,33 @@ class _TypeEncoder(nn.Module):
 
     def forward(self, store, node_seed_time: Tensor, time_enc: RelativeTimeEncoder) -> Tensor:
         self.check_widths(store)
-        # The dense blocks' linear maps are applied as one: [x_1 | x_2 | ...] times
+        # The blocks' linear maps are applied as one: [x_1 | x_2 | ...] times
         # [W_1 | W_2 | ...] plus the summed biases. Same parameters, same sum; but the
         # backward pass reads the [N, hidden] gradient once instead of once per block, and
         # those skinny weight-gradient products dominated the encoder's time.
-        inputs, linears = [], []
+        inputs, weights, biases = [], [], []
+
+        def block(x: Tensor, lin: nn.Linear) -> None:
+            inputs.append(x)
+            weights.append(lin.weight)
+            biases.append(lin.bias)
+
         if self.num is not None:
-            inputs.append(store.x_num)
-            linears.append(self.num)
+            block(store.x_num, self.num)
         if self.text is not None:
-            inputs.append(store.x_text)
-            linears.append(self.text)
+            block(store.x_text, self.text)
         if self.ts is not None:
             delta = node_seed_time.double().unsqueeze(1) - store.x_ts.double()
-            inputs.append(self.ts_time.features(delta).flatten(1))
-            linears.append(self.ts)
+            block(self.ts_time.features(delta).flatten(1), self.ts)
         if self.degree is not None and "degree" in store:
-            inputs.append(torch.log1p(store.degree.float()))
-            linears.append(self.degree)
+            block(torch.log1p(store.degree.float()), self.degree)
         if self.temporal:
             if "time" not in store:
                 raise ValueError(
                     f"node type {self.node_type!r} is marked temporal but the batch has no 'time'"
                 )
-            inputs.append(time_enc.features(node_seed_time - store.time))
-            linears.append(time_enc.lin)
-        if inputs:
-            out = nn.functional.linear(torch.cat(inputs, dim=1),
-                                       torch.cat([lin.weight for lin in linears], dim=1),
-                                       sum(lin.bias for lin in linears))
-        else:
-            out = torch.zeros(node_seed_time.numel(), self.norm.normalized_shape[0],
-                              device=node_seed_time.device)
+            block(time_enc.features(node_seed_time - store.time), time_enc.lin)
+        codes = None
         if self.cat is not None:
             codes = store.x_cat
             bad = (codes < 0) | (codes >= self.cat_cards)
@@ -239,7 +237,22 @@ class _TypeEncoder(nn.Module):
                     f"{self.node_type}.x_cat column {col}: codes outside 0..{self.cards[col] - 1} "
                     f"(max seen {int(codes[:, col].max())}); feature_meta and the graph disagree"
                 )
-            out = out + self.cat(codes + self.cat_offsets).sum(dim=1)
+            codes = codes + self.cat_offsets
+            if self.cat.num_embeddings <= ONE_HOT_MAX_CODES:
+                # sum_c E[code_c] = counts @ E, the counts of each code in the row: one more
+                # block of the product, whose backward beats the embedding's (5 ms a batch)
+                counts = torch.zeros(codes.size(0), self.cat.num_embeddings, device=codes.device)
+                inputs.append(counts.scatter_add_(1, codes, torch.ones(codes.shape, device=codes.device)))
+                weights.append(self.cat.weight.t())
+                codes = None
+        if inputs:
+            out = nn.functional.linear(torch.cat(inputs, dim=1), torch.cat(weights, dim=1),
+                                       sum(biases) if biases else None)
+        else:
+            out = torch.zeros(node_seed_time.numel(), self.norm.normalized_shape[0],
+                              device=node_seed_time.device)
+        if codes is not None:  # too many codes for counts: look them up
+            out = out + self.cat(codes).sum(dim=1)
         if not self.temporal:
             out = out + self.static
         return self.norm(out)
