@@ -17,7 +17,7 @@ from torch_geometric.data import HeteroData
 # PyG's ModuleDict accepts any table name as a key (torch's rejects names with a dot).
 from torch_geometric.nn.module_dict import ModuleDict
 from torch_geometric.nn import GATConv, GINConv, HeteroConv, MessagePassing, SAGEConv
-from torch_geometric.utils import degree
+from torch_geometric.utils import degree, scatter
 
 from pipeline.models.encoders import DEFAULT_PERIODS_DAYS, NodeEncoder
 
@@ -248,20 +248,42 @@ class HeteroMPLayer(nn.Module):
         others are only message sources) and return just those; every edge must end
         among them. A type it does not name, or ``None``, updates every node."""
         dst = x_dict if num_dst is None else {t: h[: num_dst.get(t, h.size(0))] for t, h in x_dict.items()}
-        msgs: dict[str, list[Tensor]] = {}
-        for et, ei in edge_index_dict.items():
-            src, _, dtype = et
-            conv = self.conv.convs[et]
-            msgs.setdefault(dtype, []).append(conv((x_dict[src], dst[dtype]), ei))
+        into: dict[str, list] = {}
+        for et in edge_index_dict:
+            into.setdefault(et[2], []).append(et)
         out = {}
         for t, h in dst.items():
-            if t not in msgs:
+            if t not in into:
                 out[t] = self.norms[t](h)
                 continue
-            stacked = torch.stack(msgs[t])
-            m = stacked.sum(0) if self.aggr == "sum" else stacked.mean(0)
+            if self.kind == "sage":
+                m = self._sage_sum(x_dict, h, edge_index_dict, into[t])
+            else:
+                m = torch.stack([self.conv.convs[et]((x_dict[et[0]], h), edge_index_dict[et])
+                                 for et in into[t]]).sum(0)
+            if self.aggr == "mean":
+                m = m / len(into[t])
             out[t] = self.norms[t](h + self.dropout(self.act(m)))
         return out
+
+    def _sage_sum(self, x_dict: dict[str, Tensor], h: Tensor, edge_index_dict: dict,
+                  edge_types: list) -> Tensor:
+        r"""Every SAGEConv into one type, summed, as one product:
+        :math:`\sum_r W^r_l \bar{\mathbf{x}}^r_i + b^r_l + W^r_r \mathbf{x}_i
+        = [\bar{\mathbf{x}}^1 | \dots | \bar{\mathbf{x}}^k | \mathbf{x}]
+        [W^1_l | \dots | W^k_l | \sum_r W^r_r]^\top + \sum_r b^r_l`, with
+        :math:`\bar{\mathbf{x}}^r_i` the mean of :math:`i`'s sources under relation
+        :math:`r` (0 without any). The convolutions' own parameters, the same sum; one
+        weight-gradient product per type instead of two per relation."""
+        inputs, weights, bias, root = [], [], 0, 0
+        for et in edge_types:
+            conv = self.conv.convs[et]
+            src, dst = edge_index_dict[et]
+            inputs.append(scatter(x_dict[et[0]].index_select(0, src), dst, 0, h.size(0), reduce="mean"))
+            weights.append(conv.lin_l.weight)
+            bias = bias + conv.lin_l.bias
+            root = root + conv.lin_r.weight
+        return nn.functional.linear(torch.cat(inputs + [h], 1), torch.cat(weights + [root], 1), bias)
 
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}({self.kind}, {len(self.conv.convs)} edge types)"
