@@ -19,8 +19,8 @@ from datetime import timedelta
 
 import dagster as dg
 
-from pipeline.registry import GateDecision
-from pipeline.spec import DatasetSpec
+from pipeline.serving.registry import GateDecision
+from pipeline.data.spec import DatasetSpec
 
 CHAMPION_GATE = "champion_gate"
 

@@ -23,7 +23,7 @@ from assets.schedules import nightly_schedule
 from assets.sensors import new_data_sensor, run_failure_alert
 from assets.tasks import task_assets
 from assets.training import training_assets
-from pipeline.spec import DatasetSpec, load_spec
+from pipeline.data.spec import DatasetSpec, load_spec
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -13,12 +13,12 @@ import dagster as dg
 
 from assets.checks import champion_gate_result, champion_gate_spec
 from assets.resources import ComputeResource, MLflowResource, PathsResource
-from pipeline.experiment import ALL_MODELS
-from pipeline.graph import prune_cache
-from pipeline.registry import best_of_run, champion_gate, register_run, version_uri
-from pipeline.report import comparison
-from pipeline.spec import DatasetSpec
-from pipeline.tracking import run_url
+from pipeline.training.experiment import ALL_MODELS
+from pipeline.graph.build import prune_cache
+from pipeline.serving.registry import best_of_run, champion_gate, register_run, version_uri
+from pipeline.training.report import comparison
+from pipeline.data.spec import DatasetSpec
+from pipeline.serving.tracking import run_url
 
 MLFLOW_UI_DEFAULT = "http://127.0.0.1:5000"
 

@@ -10,9 +10,9 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from assets.resources import PathsResource
-from pipeline.sources import open_source
-from pipeline.spec import DatasetSpec, TableSpec
-from pipeline.warehouse import Problem, WarehouseError, extract_table
+from pipeline.data.sources import open_source
+from pipeline.data.spec import DatasetSpec, TableSpec
+from pipeline.data.warehouse import Problem, WarehouseError, extract_table
 
 # Which problem kinds each check covers.
 CHECK_KINDS = {

@@ -5,10 +5,10 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from assets.resources import PathsResource
-from pipeline.graph import build_graph, prune_cache
-from pipeline.features import FeatureConfig
-from pipeline.spec import DatasetSpec
-from pipeline.tasks import encoder_fit_cutoff
+from pipeline.graph.build import build_graph, prune_cache
+from pipeline.graph.features import FeatureConfig
+from pipeline.data.spec import DatasetSpec
+from pipeline.data.tasks import encoder_fit_cutoff
 
 
 def graph_asset(spec: DatasetSpec) -> dg.AssetsDefinition:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from pipeline.spec import DatasetSpec
+from pipeline.data.spec import DatasetSpec
 
 
 def nightly_job(spec: DatasetSpec) -> dg.UnresolvedAssetJobDefinition:

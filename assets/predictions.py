@@ -9,14 +9,14 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from assets.resources import ComputeResource, MLflowResource, PathsResource
-from pipeline.experiment import load_results
-from pipeline.features import FeatureConfig
-from pipeline.graph import build_graph, prune_cache
-from pipeline.predict import model_scores, predictions_table, write_predictions
-from pipeline.registry import CHAMPION, best_of_run, load_version, registered_name, version_uri
-from pipeline.spec import DatasetSpec
-from pipeline.tasks import encoder_fit_cutoff
-from pipeline.sqlutil import q, q_list
+from pipeline.training.experiment import load_results
+from pipeline.graph.features import FeatureConfig
+from pipeline.graph.build import build_graph, prune_cache
+from pipeline.serving.predict import model_scores, predictions_table, write_predictions
+from pipeline.serving.registry import CHAMPION, best_of_run, load_version, registered_name, version_uri
+from pipeline.data.spec import DatasetSpec
+from pipeline.data.tasks import encoder_fit_cutoff
+from pipeline.data.sqlutil import q, q_list
 
 
 def prediction_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition]:

@@ -9,7 +9,7 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from pipeline.paths import DataPaths
-from pipeline.tracking import Tracker
+from pipeline.serving.tracking import Tracker
 
 
 class PathsResource(dg.ConfigurableResource):

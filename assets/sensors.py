@@ -10,8 +10,8 @@ import urllib.request
 import dagster as dg
 
 from pipeline.paths import DataPaths
-from pipeline.sources import open_source
-from pipeline.spec import DatasetSpec
+from pipeline.data.sources import open_source
+from pipeline.data.spec import DatasetSpec
 
 
 def new_data_sensor(spec: DatasetSpec, job) -> dg.SensorDefinition:

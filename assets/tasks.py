@@ -4,8 +4,8 @@
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
-from pipeline.spec import DatasetSpec
-from pipeline.tasks import build_task_table
+from pipeline.data.spec import DatasetSpec
+from pipeline.data.tasks import build_task_table
 
 
 def task_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition]:

@@ -5,13 +5,13 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from assets.resources import ComputeResource, MLflowResource, PathsResource
-from pipeline.experiment import ALL_MODELS, GBDT_MODELS, RunContext, run_model
-from pipeline.features import FeatureConfig
-from pipeline.graph import build_graph
+from pipeline.training.experiment import ALL_MODELS, GBDT_MODELS, RunContext, run_model
+from pipeline.graph.features import FeatureConfig
+from pipeline.graph.build import build_graph
 from pipeline.models.gbdt import GBDTConfig
-from pipeline.spec import DatasetSpec
-from pipeline.tasks import encoder_fit_cutoff
-from pipeline.train import TrainConfig
+from pipeline.data.spec import DatasetSpec
+from pipeline.data.tasks import encoder_fit_cutoff
+from pipeline.training.trainer import TrainConfig
 
 _TRAIN_DEFAULTS = TrainConfig()
 _GBDT_DEFAULTS = GBDTConfig()

@@ -24,7 +24,7 @@ LARGE_SCALE = 500_000
 
 
 def _measure(scale: int, seed: int) -> dict:
-    from pipeline.sources.synthetic import SyntheticConfig, generate
+    from pipeline.data.sources.synthetic import SyntheticConfig, generate
 
     config = SyntheticConfig(scale=scale, seed=seed)
     with tempfile.TemporaryDirectory(prefix="relgraph-bench-gen-") as tmp:

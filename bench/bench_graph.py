@@ -45,7 +45,7 @@ SCALES = {"1M": 58_000, "10M": 580_000, "30M": 1_740_000}
 
 
 def _spec_at(customers: int):
-    from pipeline.spec import parse_spec
+    from pipeline.data.spec import parse_spec
 
     raw = yaml.safe_load(SPEC.read_text())
     raw["source"]["scale"] = customers
@@ -60,8 +60,8 @@ def prepare(customers: int, workdir: Path) -> Path:
     """
     import duckdb
 
-    from pipeline.sources import open_source
-    from pipeline.warehouse import extract_table
+    from pipeline.data.sources import open_source
+    from pipeline.data.warehouse import extract_table
 
     spec = _spec_at(customers)
     data_dir = workdir / f"ecommerce-{customers}"
@@ -91,8 +91,8 @@ def layout(customers: int) -> dict:
 def child_ours(warehouse: Path, customers: int) -> dict:
     import duckdb
 
-    from pipeline.features import FeatureConfig
-    from pipeline.graph import build_graph
+    from pipeline.graph.features import FeatureConfig
+    from pipeline.graph.build import build_graph
 
     spec = _spec_at(customers)
     con = duckdb.connect(str(warehouse), read_only=True)

@@ -23,7 +23,7 @@ import torch
 from torch_geometric.data import HeteroData
 from torch_geometric.sampler import NodeSamplerInput
 
-from pipeline.sampling import TemporalSampler, make_loader
+from pipeline.graph.sampling import TemporalSampler, make_loader
 
 DAY = 86_400
 START = 1_600_000_000  # 2020-09-13

@@ -62,7 +62,7 @@ SLOPE_FROM_ROWS = 1_000_000
 
 
 def _spec(customers: int):
-    from pipeline.spec import load_spec
+    from pipeline.data.spec import load_spec
 
     spec = load_spec(SPEC)
     return replace(spec, source=replace(spec.source, scale=customers))
@@ -70,7 +70,7 @@ def _spec(customers: int):
 
 def _fit_cutoff(con, spec):
     """As the graph asset does: encoders fitted up to the earliest validation cutoff."""
-    from pipeline.tasks import task_cutoffs
+    from pipeline.data.tasks import task_cutoffs
 
     return min(task_cutoffs(con, spec, t).val for t in spec.tasks.values())
 
@@ -80,7 +80,7 @@ def _fit_cutoff(con, spec):
 
 
 def _generate(customers: int, work: str) -> dict:
-    from pipeline.sources import synthetic_dir
+    from pipeline.data.sources import synthetic_dir
 
     t0 = time.perf_counter()
     synthetic_dir(_spec(customers), Path(work))
@@ -90,8 +90,8 @@ def _generate(customers: int, work: str) -> dict:
 def _extract(customers: int, work: str) -> dict:
     import duckdb
 
-    from pipeline.sources import open_source
-    from pipeline.warehouse import extract_table
+    from pipeline.data.sources import open_source
+    from pipeline.data.warehouse import extract_table
 
     spec = _spec(customers)
     t0 = time.perf_counter()
@@ -104,7 +104,7 @@ def _extract(customers: int, work: str) -> dict:
 def _tasks(customers: int, work: str) -> dict:
     import duckdb
 
-    from pipeline.tasks import build_task_table
+    from pipeline.data.tasks import build_task_table
 
     spec = _spec(customers)
     with duckdb.connect(str(Path(work) / "warehouse.duckdb")) as con:
@@ -118,8 +118,8 @@ def _tasks(customers: int, work: str) -> dict:
 def _graph(customers: int, work: str) -> dict:
     import duckdb
 
-    from pipeline.features import FeatureConfig
-    from pipeline.graph import build_graph
+    from pipeline.graph.features import FeatureConfig
+    from pipeline.graph.build import build_graph
 
     spec = _spec(customers)
     with duckdb.connect(str(Path(work) / "warehouse.duckdb"), read_only=True) as con:
@@ -132,7 +132,7 @@ def _graph(customers: int, work: str) -> dict:
 
 def _head(ex, n: int):
     """The first n examples of a split (evaluation size bounded; the split is time-ordered)."""
-    from pipeline.tasks import Examples
+    from pipeline.data.tasks import Examples
 
     return Examples(ex.entity[:n], ex.cutoff[:n], None if ex.label is None else ex.label[:n])
 
@@ -140,9 +140,9 @@ def _head(ex, n: int):
 def _train(customers: int, work: str, graph_path: str) -> dict:
     import duckdb
 
-    from pipeline.graph import load_graph
-    from pipeline.tasks import load_examples, task_cutoffs
-    from pipeline.train import TrainConfig, Trainer
+    from pipeline.graph.build import load_graph
+    from pipeline.data.tasks import load_examples, task_cutoffs
+    from pipeline.training.trainer import TrainConfig, Trainer
 
     spec = _spec(customers)
     task = spec.task(TASK)
@@ -167,9 +167,9 @@ def _train(customers: int, work: str, graph_path: str) -> dict:
 def _inference(customers: int, work: str, graph_path: str, checkpoint: str) -> dict:
     import duckdb
 
-    from pipeline.graph import load_graph
-    from pipeline.tasks import load_examples
-    from pipeline.train import load_predictor, predict_scores, resolve_device
+    from pipeline.graph.build import load_graph
+    from pipeline.data.tasks import load_examples
+    from pipeline.training.trainer import load_predictor, predict_scores, resolve_device
 
     spec = _spec(customers)
     task = spec.task(TASK)

@@ -12,10 +12,10 @@ assets build them (encoders fitted up to the validation cutoff; the model trains
 graph truncated at the test cutoff). Then each measurement runs in its own child process,
 so that its peak RSS (getrusage) is its own:
 
-- throughput, ours: for gcn, sage, gat, gin, hgt and rgt, `pipeline.train.Trainer` with
+- throughput, ours: for gcn, sage, gat, gin, hgt and rgt, `pipeline.training.trainer.Trainer` with
   the default `TrainConfig` (batch 512, its fanouts, most recent neighbours), and the
   Trainer's own training step (forward, loss, backward, gradient clipping, AdamW) on
-  batches of `pipeline.sampling.make_loader` over the shuffled train split: `warmup`
+  batches of `pipeline.graph.sampling.make_loader` over the shuffled train split: `warmup`
   steps untimed, then `steps` steps timed, sampling and feature gathering included.
 - throughput, RelBench: RelBench's example model for entity tasks (examples/model.py +
   gnn_entity.py: `HeteroEncoder` (torch_frame ResNet per table) + `HeteroTemporalEncoder`
@@ -95,9 +95,9 @@ def child_prepare(customers: int, workdir: Path) -> dict:
     import duckdb
 
     from bench.bench_graph import _spec_at, prepare
-    from pipeline.features import FeatureConfig
-    from pipeline.graph import build_graph
-    from pipeline.tasks import build_task_table, encoder_fit_cutoff
+    from pipeline.graph.features import FeatureConfig
+    from pipeline.graph.build import build_graph
+    from pipeline.data.tasks import build_task_table, encoder_fit_cutoff
 
     t0 = time.perf_counter()
     warehouse = prepare(customers, workdir)
@@ -118,7 +118,7 @@ def _splits(warehouse: str, customers: int):
     import duckdb
 
     from bench.bench_graph import _spec_at
-    from pipeline.tasks import load_examples, task_cutoffs
+    from pipeline.data.tasks import load_examples, task_cutoffs
 
     spec = _spec_at(customers)
     task = spec.task(TASK)
@@ -162,8 +162,8 @@ def child_ours(model: str, warehouse: str, graph: str, customers: int, warmup: i
     """Training throughput of one of our models with the default TrainConfig."""
     import torch
 
-    from pipeline.graph import load_graph
-    from pipeline.train import TrainConfig, Trainer
+    from pipeline.graph.build import load_graph
+    from pipeline.training.trainer import TrainConfig, Trainer
 
     torch.set_num_threads(threads)
     task, cuts, splits = _splits(warehouse, customers)
@@ -195,8 +195,8 @@ def child_ours_auroc(warehouse: str, graph: str, customers: int, epochs: int, ma
     """Validation AUROC of our sage (default config but epochs, steps and seed), best epoch."""
     import torch
 
-    from pipeline.graph import load_graph
-    from pipeline.train import TrainConfig, Trainer
+    from pipeline.graph.build import load_graph
+    from pipeline.training.trainer import TrainConfig, Trainer
 
     torch.set_num_threads(threads)
     task, cuts, splits = _splits(warehouse, customers)
@@ -293,7 +293,7 @@ def relbench_model(data, col_stats, entity: str):
 def _relbench_setup(warehouse: str, customers: int, cache_dir: Path, threads: int, seed: int):
     import torch
 
-    from pipeline.train import resolve_device
+    from pipeline.training.trainer import resolve_device
 
     torch.set_num_threads(threads)
     task, cuts, splits = _splits(warehouse, customers)
@@ -310,14 +310,14 @@ def _relbench_setup(warehouse: str, customers: int, cache_dir: Path, threads: in
 
 def relbench_fanouts() -> list[int]:
     """Our default fanouts, one hop per layer of RelBench's model."""
-    from pipeline.train import TrainConfig
+    from pipeline.training.trainer import TrainConfig
 
     return list(TrainConfig().fanouts[:RELBENCH_LAYERS])
 
 
 def _relbench_loader(data, task, ex, shuffle: bool, seed: int, drop_last: bool = False):
-    from pipeline.sampling import make_loader
-    from pipeline.train import TrainConfig
+    from pipeline.graph.sampling import make_loader
+    from pipeline.training.trainer import TrainConfig
 
     # our sampler and strategy, exactly as our models get them
     return make_loader(data, task.entity_table, ex.entity, ex.cutoff, relbench_fanouts(),
@@ -370,7 +370,7 @@ def child_relbench_auroc(warehouse: str, customers: int, cache_dir: str, epochs:
 
     import torch
 
-    from pipeline.evaluate import compute_metrics
+    from pipeline.training.evaluate import compute_metrics
 
     t0 = time.perf_counter()
     task, splits, data, device, model, optimizer, _ = _relbench_setup(
@@ -434,7 +434,7 @@ def _child(python: str, name: str, **kwargs) -> dict:
 
 def _relbench_python(given: str | None) -> str | None:
     """An interpreter that imports relbench, pytorch-frame and this project, or None."""
-    probe = "import relbench.modeling.nn, torch_frame, pipeline.sampling"
+    probe = "import relbench.modeling.nn, torch_frame, pipeline.graph.sampling"
     for python in (given, os.environ.get("RELBENCH_PYTHON"), sys.executable):
         if python and subprocess.run([python, "-c", probe], cwd=ROOT,
                                      capture_output=True).returncode == 0:

@@ -43,7 +43,7 @@ def _without_password(uri: str) -> tuple[str, str | None]:
 
 
 def _no_server(what: str, env: str, uri: str, reason: object) -> None:
-    from pipeline.sources import redact_uri
+    from pipeline.data.sources import redact_uri
 
     message = (f"no {what} server answers at {redact_uri(uri)} ({reason}); "
                f"set {env} to a URI of one to run this test")

@@ -30,12 +30,12 @@ def synthetic_task(root: Path, task_name: str, scale: int = 1000):
 
     import duckdb
 
-    from pipeline.features import FeatureConfig
-    from pipeline.graph import build_graph
-    from pipeline.sources import open_source
-    from pipeline.spec import load_spec
-    from pipeline.tasks import build_task_table, load_examples, task_cutoffs
-    from pipeline.warehouse import extract_table
+    from pipeline.graph.features import FeatureConfig
+    from pipeline.graph.build import build_graph
+    from pipeline.data.sources import open_source
+    from pipeline.data.spec import load_spec
+    from pipeline.data.tasks import build_task_table, load_examples, task_cutoffs
+    from pipeline.data.warehouse import extract_table
 
     spec = load_spec(Path(__file__).resolve().parents[1] / "datasets" / "ecommerce.yaml")
     spec = dataclasses.replace(spec, source=dataclasses.replace(spec.source, scale=scale))

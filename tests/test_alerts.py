@@ -12,7 +12,7 @@ import pytest
 
 from assets.checks import FreshnessConfig, freshness_checks
 from assets.sensors import run_failure_alert
-from pipeline.spec import load_spec, parse_spec
+from pipeline.data.spec import load_spec, parse_spec
 
 REPO = Path(__file__).resolve().parent.parent
 

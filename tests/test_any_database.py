@@ -34,10 +34,10 @@ import duckdb
 import pytest
 import yaml
 
-from pipeline.sources import open_source
-from pipeline.sources.relbench import spec_from_relbench
-from pipeline.spec import DatasetSpec, load_spec, parse_spec
-from pipeline.warehouse import EXTRACTS, ExtractReport, extract_table
+from pipeline.data.sources import open_source
+from pipeline.data.sources.relbench import spec_from_relbench
+from pipeline.data.spec import DatasetSpec, load_spec, parse_spec
+from pipeline.data.warehouse import EXTRACTS, ExtractReport, extract_table
 from test_sources import WRITERS, Written
 
 REPO = Path(__file__).resolve().parent.parent

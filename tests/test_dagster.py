@@ -20,7 +20,7 @@ from assets.resources import ComputeResource, MLflowResource, PathsResource
 from assets.schedules import nightly_schedule
 from assets.sensors import new_data_sensor
 from dagster_duckdb import DuckDBResource
-from pipeline.spec import load_spec
+from pipeline.data.spec import load_spec
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -24,8 +24,8 @@ import yaml
 from conftest import PG_URI_DEFAULT, PG_URI_ENV, _no_server
 from assets.definitions import dataset_assets
 from pipeline.models import GNN_MODELS
-from pipeline.spec import load_spec
-from pipeline.tracking import Tracker
+from pipeline.data.spec import load_spec
+from pipeline.serving.tracking import Tracker
 from test_dagster import _resources, _write_shop
 
 REPO = Path(__file__).resolve().parent.parent

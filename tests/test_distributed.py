@@ -1,4 +1,4 @@
-"""Multi-process training (pipeline/distributed.py): two gloo processes on this machine.
+"""Multi-process training (pipeline/training/distributed.py): two gloo processes on this machine.
 
 The synthetic shop at 1,000 customers (1,784 train, 355 validation churn examples) is
 trained with one process and with two; the two-process run must see every train example
@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.distributed import check_shardable, epoch_shard, job_payload, trainer_inputs
-from pipeline.train import TrainConfig, Trainer
+from pipeline.training.distributed import check_shardable, epoch_shard, job_payload, trainer_inputs
+from pipeline.training.trainer import TrainConfig, Trainer
 from shop import synthetic_task
 
 SCALE = 1000
@@ -181,7 +181,7 @@ def test_two_gpus_with_nccl(shop, tmp_path):
 
 def test_relgraph_train_nproc_through_dagster_to_mlflow(tmp_path, monkeypatch, capsys):
     """`relgraph train --nproc 2`, in this process (it runs the Dagster assets in process)."""
-    from pipeline.cli import main
+    from assets.cli import main
 
     data = tmp_path / "data"
     # main() points these at the data directory; monkeypatch puts them back afterwards

@@ -22,7 +22,7 @@ def run_dir(tmp_path_factory):
     env.pop("DAGSTER_HOME", None)
     env.pop("MLFLOW_TRACKING_URI", None)
     proc = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "run", "--scale", str(SCALE),
+        [sys.executable, "-m", "assets.cli", "run", "--scale", str(SCALE),
          "--models", "sage,lightgbm,lightgbm_flat", "--epochs", "2"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -40,7 +40,7 @@ def test_summary_table_lists_every_model(run_dir):
 
 def test_warehouse_holds_every_table_with_the_generated_counts(run_dir):
     data, _ = run_dir
-    from pipeline.spec import load_spec
+    from pipeline.data.spec import load_spec
 
     spec = load_spec(REPO / "datasets" / "ecommerce.yaml")
     marker = json.loads(next((data / "raw").glob("*/.complete.json")).read_text())
@@ -80,8 +80,8 @@ def test_mlflow_has_a_parent_and_one_nested_run_per_model(run_dir):
 
 
 def test_run_trains_the_default_four_all_or_the_named_models():
-    from pipeline.cli import run_models
-    from pipeline.experiment import ALL_MODELS
+    from assets.cli import run_models
+    from pipeline.training.experiment import ALL_MODELS
 
     assert run_models(None) == ["lightgbm_flat", "lightgbm", "sage", "hgt"]
     assert run_models("all") == list(ALL_MODELS) and len(ALL_MODELS) == 8

@@ -5,7 +5,7 @@ import pyarrow as pa
 import pytest
 from scipy.sparse import csr_matrix
 
-from pipeline.evaluate import (
+from pipeline.training.evaluate import (
     MetricWarning,
     compute_metrics,
     metrics_markdown,

@@ -30,17 +30,17 @@ import pytest
 import torch
 import yaml
 
-from pipeline.experiment import RunContext, run_model
-from pipeline.features import FeatureConfig
-from pipeline.graph import build_graph
+from pipeline.training.experiment import RunContext, run_model
+from pipeline.graph.features import FeatureConfig
+from pipeline.graph.build import build_graph
 from pipeline.models.gbdt import GBDTConfig, load_gbdt, predict_gbdt
 from pipeline.paths import DataPaths
-from pipeline.sources import open_source
-from pipeline.spec import load_spec
-from pipeline.tasks import build_task_table, load_examples, task_cutoffs
-from pipeline.tracking import Tracker, TrackingError
-from pipeline.train import TrainConfig, Trainer, load_predictor
-from pipeline.warehouse import extract_table
+from pipeline.data.sources import open_source
+from pipeline.data.spec import load_spec
+from pipeline.data.tasks import build_task_table, load_examples, task_cutoffs
+from pipeline.serving.tracking import Tracker, TrackingError
+from pipeline.training.trainer import TrainConfig, Trainer, load_predictor
+from pipeline.data.warehouse import extract_table
 from shop import RELGRAPH, shop_spec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -142,10 +142,10 @@ CHILD = textwrap.dedent("""
     import duckdb, torch
     sys.path.insert(0, {repo!r})
     torch.set_num_threads(1)
-    from pipeline.graph import load_graph
-    from pipeline.spec import load_spec
-    from pipeline.tasks import load_examples, task_cutoffs
-    from pipeline.train import TrainConfig, Trainer
+    from pipeline.graph.build import load_graph
+    from pipeline.data.spec import load_spec
+    from pipeline.data.tasks import load_examples, task_cutoffs
+    from pipeline.training.trainer import TrainConfig, Trainer
 
     spec = load_spec({spec!r})
     task = spec.tasks["churn"]
@@ -305,7 +305,7 @@ STARTER = textwrap.dedent("""
     import os, sys, time
     sys.path.insert(0, {repo!r})
     import dagster as dg
-    from pipeline.cli import _prepare_env
+    from assets.cli import _prepare_env
     open(os.path.join({ready!r}, str(os.getpid())), "w").close()
     while not os.path.exists({go!r}):  # every process has imported Dagster: all go at once
         time.sleep(0.001)

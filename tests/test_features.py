@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.features import (
+from pipeline.graph.features import (
     Encoders, FeatureConfig, _hash_text, encode_table, feature_meta, fit_encoders, infer_types,
     text_hash_sql,
 )
-from pipeline.spec import parse_spec
+from pipeline.data.spec import parse_spec
 
 CUTOFF = datetime(2024, 1, 20)
 

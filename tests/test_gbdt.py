@@ -7,7 +7,7 @@ import polars as pl
 import pyarrow as pa
 import pytest
 
-from pipeline.evaluate import MetricWarning
+from pipeline.training.evaluate import MetricWarning
 from pipeline.models.gbdt import (
     GBDTConfig,
     GBDTModel,
@@ -18,7 +18,7 @@ from pipeline.models.gbdt import (
     q,
     train_gbdt,
 )
-from pipeline.spec import parse_spec
+from pipeline.data.spec import parse_spec
 
 FAST = GBDTConfig(n_estimators=200, early_stopping_rounds=20, num_threads=1,
                   min_child_samples=5, learning_rate=0.1)

@@ -16,8 +16,8 @@ import torch
 from test_distributed import shop  # noqa: F401  (the module-scoped fixture)
 
 from pipeline.models import GNN_MODELS
-from pipeline.sampling import make_loader
-from pipeline.train import TrainConfig, Trainer, build_predictor, resolve_device
+from pipeline.graph.sampling import make_loader
+from pipeline.training.trainer import TrainConfig, Trainer, build_predictor, resolve_device
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
                                 reason="needs a CUDA device; this machine has none")

@@ -7,9 +7,9 @@ import duckdb
 import pytest
 import torch
 
-from pipeline.features import FeatureConfig
-from pipeline.graph import GraphError, build_graph, csc_pointers, load_graph, prune_cache
-from pipeline.spec import parse_spec
+from pipeline.graph.features import FeatureConfig
+from pipeline.graph.build import GraphError, build_graph, csc_pointers, load_graph, prune_cache
+from pipeline.data.spec import parse_spec
 
 CUTOFF = datetime(2024, 1, 20)
 CONFIG = FeatureConfig(min_frequency=2, text_dim=8)
@@ -238,9 +238,9 @@ def test_graph_from_the_real_synthetic_warehouse(tmp_path):
 
     import yaml
 
-    from pipeline.sources import open_source
-    from pipeline.spec import parse_spec
-    from pipeline.warehouse import extract_table
+    from pipeline.data.sources import open_source
+    from pipeline.data.spec import parse_spec
+    from pipeline.data.warehouse import extract_table
 
     raw = yaml.safe_load((Path(__file__).parent.parent / "datasets" / "ecommerce.yaml").read_text())
     raw["source"]["scale"] = 1000

@@ -27,16 +27,16 @@ import pytest
 import torch
 import yaml
 
-from pipeline.features import FeatureConfig
-from pipeline.graph import build_graph
+from pipeline.graph.features import FeatureConfig
+from pipeline.graph.build import build_graph
 from pipeline.models.gbdt import GBDTConfig, build_features, train_gbdt
-from pipeline.sources import open_source
-from pipeline.sources.synthetic import SyntheticConfig, generate
-from pipeline.spec import parse_spec
-from pipeline.sqlutil import q
-from pipeline.tasks import build_task_table, load_examples, task_cutoffs
-from pipeline.train import TrainConfig, Trainer
-from pipeline.warehouse import extract_table
+from pipeline.data.sources import open_source
+from pipeline.data.sources.synthetic import SyntheticConfig, generate
+from pipeline.data.spec import parse_spec
+from pipeline.data.sqlutil import q
+from pipeline.data.tasks import build_task_table, load_examples, task_cutoffs
+from pipeline.training.trainer import TrainConfig, Trainer
+from pipeline.data.warehouse import extract_table
 
 REPO = Path(__file__).resolve().parents[1]
 SCALE = 1500

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.train import TrainConfig, Trainer
+from pipeline.training.trainer import TrainConfig, Trainer
 from shop import synthetic_task
 
 # 833 train, 161 validation, 149 test examples: 14 steps an epoch at batch 64. Measured

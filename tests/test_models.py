@@ -16,7 +16,7 @@ from torch_geometric.data import HeteroData
 from pipeline.models import GNN_MODELS, ModelConfig, TaskHead, build_model
 from pipeline.models.encoders import NodeEncoder, RelativeTimeEncoder
 from pipeline.models.mpnn import MPNN_KINDS, BipartiteGCNConv, HeteroMPLayer, hop_plan, make_conv
-from pipeline.sampling import make_loader
+from pipeline.graph.sampling import make_loader
 
 ENTITY = "customers"
 FEATURE_META = {
@@ -621,8 +621,8 @@ def test_rgt_settings_reach_the_model_and_name_their_own_checkpoints():
     existed (literals from that version), so those checkpoints still resume."""
     from datetime import timedelta
 
-    from pipeline.spec import TaskSpec
-    from pipeline.train import TrainConfig, build_predictor
+    from pipeline.data.spec import TaskSpec
+    from pipeline.training.trainer import TrainConfig, build_predictor
 
     task = TaskSpec(name="churn", type="binary_classification", entity_table=ENTITY,
                     label_sql="SELECT 1", horizon=timedelta(days=30), val_cutoff="latest",

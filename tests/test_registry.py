@@ -25,10 +25,10 @@ from dagster_duckdb import DuckDBResource
 from assets.definitions import dataset_assets
 from assets.resources import ComputeResource, MLflowResource, PathsResource
 from pipeline.paths import DataPaths
-from pipeline.registry import (CHALLENGER, CHAMPION, RegistryError, beats, load_version,
+from pipeline.serving.registry import (CHALLENGER, CHAMPION, RegistryError, beats, load_version,
                                registered_name)
-from pipeline.spec import load_spec
-from pipeline.tracking import Tracker, mlflow_uri
+from pipeline.data.spec import load_spec
+from pipeline.serving.tracking import Tracker, mlflow_uri
 
 REPO = Path(__file__).resolve().parent.parent
 TASK = "customer_churn"
@@ -151,7 +151,7 @@ def test_predictions_come_from_the_champion(pipeline):
 _REPRODUCE = """
 import json, sys
 import duckdb, mlflow.pyfunc, numpy as np
-from pipeline.evaluate import compute_metrics
+from pipeline.training.evaluate import compute_metrics
 con = duckdb.connect(sys.argv[1], read_only=True)
 frame = con.sql("SELECT customer_id, cutoff, label FROM task_customer_churn WHERE split = 'test'").df()
 con.close()

@@ -26,12 +26,12 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from pipeline.features import FeatureConfig
-from pipeline.graph import build_graph
+from pipeline.graph.features import FeatureConfig
+from pipeline.graph.build import build_graph
 from pipeline.models.gbdt import GBDTConfig, build_features
-from pipeline.sources import SourceError, open_source
-from pipeline.spec import parse_spec
-from pipeline.warehouse import extract_table
+from pipeline.data.sources import SourceError, open_source
+from pipeline.data.spec import parse_spec
+from pipeline.data.warehouse import extract_table
 from shop import CHURN, RELGRAPH
 
 

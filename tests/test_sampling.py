@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from torch_geometric.data import HeteroData
 from torch_geometric.sampler import NodeSamplerInput
 
-from pipeline.sampling import TemporalSampler, make_loader
+from pipeline.graph.sampling import TemporalSampler, make_loader
 
 PROPERTY = settings(max_examples=20, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])

@@ -24,16 +24,16 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from pipeline.features import FeatureConfig
-from pipeline.graph import build_graph
+from pipeline.graph.features import FeatureConfig
+from pipeline.graph.build import build_graph
 from pipeline.models import GNN_MODELS
 from pipeline.models.gbdt import GBDTConfig, train_gbdt
-from pipeline.sources import open_source
-from pipeline.spec import parse_spec
-from pipeline.sqlutil import q
-from pipeline.tasks import TaskError, build_task_table, load_examples, task_cutoffs
-from pipeline.train import TrainConfig, Trainer
-from pipeline.warehouse import extract_table
+from pipeline.data.sources import open_source
+from pipeline.data.spec import parse_spec
+from pipeline.data.sqlutil import q
+from pipeline.data.tasks import TaskError, build_task_table, load_examples, task_cutoffs
+from pipeline.training.trainer import TrainConfig, Trainer
+from pipeline.data.warehouse import extract_table
 
 REPO = Path(__file__).resolve().parents[1]
 INJECTION = 'x"; DROP TABLE customers; --'
@@ -282,7 +282,7 @@ def test_every_torch_load_uses_weights_only():
 
 
 def test_local_servers_bind_loopback(monkeypatch):
-    import pipeline.cli as cli
+    import assets.cli as cli
 
     started = []
 

@@ -48,11 +48,11 @@ import yaml
 from shop import shop_spec
 
 from assets.definitions import build_definitions
-from pipeline.experiment import load_results
+from pipeline.training.experiment import load_results
 from pipeline.paths import DataPaths
-from pipeline.registry import CHALLENGER, CHAMPION, registered_name, version_uri
-from pipeline.spec import load_spec
-from pipeline.tracking import Tracker
+from pipeline.serving.registry import CHALLENGER, CHAMPION, registered_name, version_uri
+from pipeline.data.spec import load_spec
+from pipeline.serving.tracking import Tracker
 
 pytestmark = pytest.mark.soak
 

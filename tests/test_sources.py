@@ -21,9 +21,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.sources import SYNTHETIC_MARKER, Source, SourceError, open_source, redact_uri
-from pipeline.sources.relbench import spec_from_relbench
-from pipeline.spec import parse_spec
+from pipeline.data.sources import SYNTHETIC_MARKER, Source, SourceError, open_source, redact_uri
+from pipeline.data.sources.relbench import spec_from_relbench
+from pipeline.data.spec import parse_spec
 
 # ---------------------------------------------------------------------------------------
 # The test database: four tables, a composite foreign key (orders -> stores), a table
@@ -566,7 +566,7 @@ def test_relbench_foreign_key_to_a_missing_table_is_reported(tmp_path):
 
 
 def test_synthetic_generates_once_and_redoes_an_interrupted_run(tmp_path, monkeypatch):
-    import pipeline.sources.synthetic as synthetic
+    import pipeline.data.sources.synthetic as synthetic
 
     calls = []
 

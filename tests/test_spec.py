@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.spec import SpecError, load_spec, parse_duration, parse_spec, resolve_time
+from pipeline.data.spec import SpecError, load_spec, parse_duration, parse_spec, resolve_time
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -15,7 +15,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from pipeline.sources.synthetic import DEFAULT_SCALE, TABLES, SyntheticConfig, generate
+from pipeline.data.sources.synthetic import DEFAULT_SCALE, TABLES, SyntheticConfig, generate
 
 SPEC = yaml.safe_load((Path(__file__).parents[1] / "datasets" / "ecommerce.yaml").read_text())
 SMALL = SyntheticConfig(scale=2_000, seed=0)

@@ -5,8 +5,8 @@ from datetime import datetime, timedelta
 import duckdb
 import pytest
 
-from pipeline.spec import parse_spec
-from pipeline.tasks import TaskError, build_task_table, load_examples, task_cutoffs
+from pipeline.data.spec import parse_spec
+from pipeline.data.tasks import TaskError, build_task_table, load_examples, task_cutoffs
 
 SPEND = """SELECT c.customer_id, t.cutoff, COALESCE(SUM(o.amount), 0) AS label
   FROM cutoffs t JOIN customers c ON TRUE

@@ -18,16 +18,16 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
-from pipeline.experiment import ALL_MODELS, load_results
-from pipeline.features import FeatureConfig
-from pipeline.graph import build_graph
+from pipeline.training.experiment import ALL_MODELS, load_results
+from pipeline.graph.features import FeatureConfig
+from pipeline.graph.build import build_graph
 from pipeline.models.gbdt import GBDTConfig, train_gbdt
 from pipeline.paths import DataPaths
-from pipeline.spec import load_spec
-from pipeline.tasks import encoder_fit_cutoff, load_examples, task_cutoffs
-from pipeline.tracking import Tracker
-from pipeline.train import TrainConfig, Trainer
-from pipeline.tune import base_params, default_config, search_space, trial_config, tune
+from pipeline.data.spec import load_spec
+from pipeline.data.tasks import encoder_fit_cutoff, load_examples, task_cutoffs
+from pipeline.serving.tracking import Tracker
+from pipeline.training.trainer import TrainConfig, Trainer
+from pipeline.training.tune import base_params, default_config, search_space, trial_config, tune
 from shop import RELGRAPH, shop_spec
 
 TRIALS = 3

@@ -14,8 +14,8 @@ import duckdb
 import pyarrow as pa
 import pytest
 
-from pipeline.spec import SpecError, parse_spec
-from pipeline.warehouse import (
+from pipeline.data.spec import SpecError, parse_spec
+from pipeline.data.warehouse import (
     WarehouseError,
     check_raw,
     extract_table,
@@ -392,7 +392,7 @@ def test_failed_policy_leaves_previous_snapshot(con):
 
 
 def test_error_after_clean_write_rolls_everything_back(con, monkeypatch):
-    import pipeline.warehouse as wh
+    import pipeline.data.warehouse as wh
 
     spec = make_spec(SHOP)
     load(con, spec, "customers", CUSTOMERS)
@@ -414,8 +414,8 @@ CHILD = textwrap.dedent("""
     import sys, time
     import duckdb, numpy as np, pyarrow as pa
     sys.path.insert(0, {repo!r})
-    import pipeline.warehouse as wh
-    from pipeline.spec import parse_spec
+    import pipeline.data.warehouse as wh
+    from pipeline.data.spec import parse_spec
 
     spec = parse_spec({{"name": "shop", "source": {{"kind": "synthetic"}},
                        "tables": {{"customers": {{"primary_key": "customer_id"}}}}}})

@@ -43,9 +43,9 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from pipeline.evaluate import MetricWarning, compute_metrics
-from pipeline.spec import LOWER_IS_BETTER, DatasetSpec, ForeignKey, TaskSpec
-from pipeline.sqlutil import q
+from pipeline.training.evaluate import MetricWarning, compute_metrics
+from pipeline.data.spec import LOWER_IS_BETTER, DatasetSpec, ForeignKey, TaskSpec
+from pipeline.data.sqlutil import q
 
 TOP_K = 10
 _P_CUT, _A_CUT, _C_CUT = 'p."cutoff"', 'a."cutoff"', 'c."cutoff"'

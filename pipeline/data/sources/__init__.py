@@ -32,7 +32,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pyarrow as pa
 
-from pipeline.spec import DatasetSpec, TableSpec
+from pipeline.data.spec import DatasetSpec, TableSpec
 
 DEFAULT_BATCH_SIZE = 65_536
 SYNTHETIC_MARKER = ".complete.json"
@@ -187,14 +187,14 @@ def open_source(spec: DatasetSpec, data_dir: Path) -> Source:
         hint = f"set source.uri in {spec.where()} or the environment variable {env} to use another server"
         password = server_password(spec)
         if src.kind == "postgres":
-            from pipeline.sources.postgres import PostgresSource
+            from pipeline.data.sources.postgres import PostgresSource
             return PostgresSource(uri, password=password, schema=src.schema, tables=tables,
                                   where=where, hint=hint)
-        from pipeline.sources.mysql import MySQLSource
+        from pipeline.data.sources.mysql import MySQLSource
         return MySQLSource(uri, password=password, database=src.schema, tables=tables,
                            where=where, hint=hint)
     if src.kind == "synthetic":
-        from pipeline.sources.files import FileSource
+        from pipeline.data.sources.files import FileSource
         return FileSource(synthetic_dir(spec, Path(data_dir)), "parquet", tables=tables, where=where)
 
     path = Path(src.path).expanduser()
@@ -202,16 +202,16 @@ def open_source(spec: DatasetSpec, data_dir: Path) -> Source:
         raise SourceError(f"{where}: source.path '{path}' does not exist "
                           f"(relative paths are read from {Path.cwd()})")
     if src.kind in ("parquet", "csv"):
-        from pipeline.sources.files import FileSource
+        from pipeline.data.sources.files import FileSource
         return FileSource(path, src.kind, tables=tables, where=where)
     if src.kind == "sqlite":
-        from pipeline.sources.sqlite import SQLiteSource
+        from pipeline.data.sources.sqlite import SQLiteSource
         return SQLiteSource(path, tables=tables, where=where)
     if src.kind == "duckdb":
-        from pipeline.sources.duckdb_file import DuckDBSource
+        from pipeline.data.sources.duckdb_file import DuckDBSource
         return DuckDBSource(path, schema=src.schema or "main", tables=tables, where=where)
     if src.kind == "relbench":
-        from pipeline.sources.relbench import RelBenchSource
+        from pipeline.data.sources.relbench import RelBenchSource
         return RelBenchSource(path, tables=tables, where=where)
     raise SourceError(f"{where}: unknown source kind '{src.kind}'")
 
@@ -222,7 +222,7 @@ def synthetic_dir(spec: DatasetSpec, data_dir: Path) -> Path:
 
     The marker file is written last, so an interrupted generation is redone.
     """
-    from pipeline.sources.synthetic import SyntheticConfig, generate
+    from pipeline.data.sources.synthetic import SyntheticConfig, generate
 
     src = spec.source
     settings = dict(src.options)

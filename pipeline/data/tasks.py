@@ -20,8 +20,8 @@ import duckdb
 import numpy as np
 import torch
 
-from pipeline.spec import DatasetSpec, SpecError, TaskSpec, _suggest, resolve_time
-from pipeline.sqlutil import q, q_list
+from pipeline.data.spec import DatasetSpec, SpecError, TaskSpec, _suggest, resolve_time
+from pipeline.data.sqlutil import q, q_list
 
 SPLITS = ("train", "val", "test")
 

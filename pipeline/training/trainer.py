@@ -6,7 +6,7 @@ the middle of epoch k resumes from the checkpoint written after epoch k-1 and en
 the same weights, and the same metrics, as a run that was never interrupted.
 
 With `nproc` > 1 the same loop runs in that many processes under DistributedDataParallel
-(pipeline/distributed.py: how the epoch is split, how the processes are started); rank 0
+(pipeline/training/distributed.py: how the epoch is split, how the processes are started); rank 0
 evaluates, early-stops for all of them and writes the checkpoints.
 """
 
@@ -28,13 +28,13 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from pipeline import distributed
-from pipeline.evaluate import compute_metrics
+from pipeline.training import distributed
+from pipeline.training.evaluate import compute_metrics
 from pipeline.models import ModelConfig, build_model
 from pipeline.models.heads import TargetHistory, TaskHead
-from pipeline.sampling import make_loader
-from pipeline.spec import TaskSpec
-from pipeline.tasks import Examples
+from pipeline.graph.sampling import make_loader
+from pipeline.data.spec import TaskSpec
+from pipeline.data.tasks import Examples
 
 
 @dataclass

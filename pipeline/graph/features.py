@@ -43,8 +43,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from pipeline.spec import DatasetSpec, TableSpec
-from pipeline.sqlutil import q as quote
+from pipeline.data.spec import DatasetSpec, TableSpec
+from pipeline.data.sqlutil import q as quote
 
 FEATURE_KINDS = ("numeric", "boolean", "categorical", "timestamp", "text")
 ENCODERS_FORMAT = 1

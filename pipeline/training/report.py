@@ -6,11 +6,11 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.evaluate import plot_model_comparison
-from pipeline.experiment import load_results
+from pipeline.training.evaluate import plot_model_comparison
+from pipeline.training.experiment import load_results
 from pipeline.paths import DataPaths
-from pipeline.spec import DatasetSpec, TaskSpec
-from pipeline.tracking import Tracker
+from pipeline.data.spec import DatasetSpec, TaskSpec
+from pipeline.serving.tracking import Tracker
 
 
 @dataclass

@@ -28,11 +28,11 @@ import psycopg
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from pipeline.sources import (
+from pipeline.data.sources import (
     DEFAULT_BATCH_SIZE, SourceError, TableNames, check_batch_size, host_port, quote_ident,
     redact_uri, scrub, suggest,
 )
-from pipeline.spec import TableSpec
+from pipeline.data.spec import TableSpec
 
 ARROW_TYPES = {
     "smallint": pa.int16(),

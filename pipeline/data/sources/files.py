@@ -19,10 +19,10 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from pipeline.sources import (
+from pipeline.data.sources import (
     DEFAULT_BATCH_SIZE, SourceError, TableNames, check_batch_size, digest, sliced,
 )
-from pipeline.spec import TableSpec
+from pipeline.data.spec import TableSpec
 
 FORMATS = ("parquet", "csv")
 

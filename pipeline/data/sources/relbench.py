@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from pipeline.sources import SourceError
-from pipeline.sources.files import FileSource
-from pipeline.spec import TableSpec
+from pipeline.data.sources import SourceError
+from pipeline.data.sources.files import FileSource
+from pipeline.data.spec import TableSpec
 
 METADATA_KEYS = ("fkey_col_to_pkey_table", "pkey_col", "time_col")
 
@@ -66,7 +66,7 @@ def read_relbench_metadata(path: Path) -> dict[str, dict]:
 
 def spec_from_relbench(path: Path, name: str | None = None) -> dict:
     """A dataset-spec dict (name, source, tables with keys and time columns) for a RelBench
-    directory; add `tasks` and pass it to `pipeline.spec.parse_spec`, or dump it as YAML.
+    directory; add `tasks` and pass it to `pipeline.data.spec.parse_spec`, or dump it as YAML.
 
     `name` defaults to the directory's name (the dataset's, for a `.../<dataset>/db` path)
     with every character that is not a letter, digit or _ replaced by _.

@@ -31,10 +31,10 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.sources import (
+from pipeline.data.sources import (
     DEFAULT_BATCH_SIZE, SourceError, TableNames, check_batch_size, quote_ident,
 )
-from pipeline.spec import TableSpec
+from pipeline.data.spec import TableSpec
 
 STORAGE_CLASSES = ("integer", "real", "text", "blob")
 TEXTUAL_SEMANTIC_TYPES = ("categorical", "text", "id")

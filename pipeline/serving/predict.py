@@ -16,13 +16,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.evaluate import top_k_ids
-from pipeline.graph import GraphArtifact
+from pipeline.training.evaluate import top_k_ids
+from pipeline.graph.build import GraphArtifact
 from pipeline.models import GNN_MODELS
-from pipeline.spec import DatasetSpec, TaskSpec
-from pipeline.sqlutil import q, q_list
-from pipeline.tasks import load_examples
-from pipeline.train import load_predictor, predict_scores, resolve_device
+from pipeline.data.spec import DatasetSpec, TaskSpec
+from pipeline.data.sqlutil import q, q_list
+from pipeline.data.tasks import load_examples
+from pipeline.training.trainer import load_predictor, predict_scores, resolve_device
 
 TOP_K = 10
 

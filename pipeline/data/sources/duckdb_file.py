@@ -13,10 +13,10 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from pipeline.sources import (
+from pipeline.data.sources import (
     DEFAULT_BATCH_SIZE, SourceError, TableNames, check_batch_size, quote_ident, sliced,
 )
-from pipeline.spec import TableSpec
+from pipeline.data.spec import TableSpec
 
 
 class DuckDBSource(TableNames):

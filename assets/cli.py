@@ -56,7 +56,7 @@ def _prepare_env(dataset: str | None = None) -> None:
 
 
 def _load(args):
-    from pipeline.spec import load_spec
+    from pipeline.data.spec import load_spec
 
     spec = load_spec(args.dataset)
     if getattr(args, "scale", None):
@@ -135,7 +135,7 @@ def _spec_and_task(args, verb: str = "train"):
 
 def cmd_run(args) -> int:
     from pipeline.paths import DataPaths
-    from pipeline.report import comparison
+    from pipeline.training.report import comparison
 
     spec, task = _spec_and_task(args)
     models = run_models(args.models)
@@ -161,7 +161,7 @@ def cmd_run(args) -> int:
 def run_models(arg: str | None) -> list[str]:
     """The models `relgraph run --models ARG` trains: the default four without ARG, every
     model for 'all', else the comma-separated names (each must exist)."""
-    from pipeline.experiment import ALL_MODELS, DEFAULT_MODELS
+    from pipeline.training.experiment import ALL_MODELS, DEFAULT_MODELS
 
     if not arg:
         return list(DEFAULT_MODELS)
@@ -188,7 +188,7 @@ def _overrides(args) -> dict:
 
 def cmd_train(args) -> int:
     """Build what one model needs (warehouse, task table, graph) and train it, nothing more."""
-    from pipeline.experiment import ALL_MODELS
+    from pipeline.training.experiment import ALL_MODELS
 
     spec, task = _spec_and_task(args)
     if args.model not in ALL_MODELS:
@@ -210,12 +210,12 @@ def cmd_train(args) -> int:
 
 def cmd_tune(args) -> int:
     """Build the warehouse, task table and graph, then search one model's hyper-parameters
-    on val (pipeline/tune.py); the test split is never scored."""
+    on val (pipeline/training/tune.py); the test split is never scored."""
     import dagster as dg
     import optuna
 
-    from pipeline.experiment import ALL_MODELS
-    from pipeline.tune import summary, tune_dataset
+    from pipeline.training.experiment import ALL_MODELS
+    from pipeline.training.tune import summary, tune_dataset
 
     spec, task = _spec_and_task(args, "tune")
     if args.model not in ALL_MODELS:
@@ -355,8 +355,8 @@ def main(argv: list[str] | None = None) -> int:
     bench.set_defaults(func=cmd_bench)
 
     args = parser.parse_args(argv)
-    from pipeline.spec import SpecError
-    from pipeline.tasks import TaskError
+    from pipeline.data.spec import SpecError
+    from pipeline.data.tasks import TaskError
 
     try:
         return args.func(args)

@@ -36,17 +36,17 @@ import optuna
 from optuna.distributions import (BaseDistribution, CategoricalDistribution, FloatDistribution,
                                   IntDistribution)
 
-from pipeline.evaluate import MetricWarning
-from pipeline.experiment import GBDT_MODELS
-from pipeline.graph import GraphArtifact
+from pipeline.training.evaluate import MetricWarning
+from pipeline.training.experiment import GBDT_MODELS
+from pipeline.graph.build import GraphArtifact
 from pipeline.models import GNN_MODELS
 from pipeline.models.gbdt import GBDTConfig, train_gbdt
 from pipeline.paths import DataPaths
-from pipeline.spec import DatasetSpec, TaskSpec
-from pipeline.sqlutil import q
-from pipeline.tasks import load_examples, task_cutoffs
-from pipeline.tracking import Tracker, git_commit
-from pipeline.train import TrainConfig, Trainer
+from pipeline.data.spec import DatasetSpec, TaskSpec
+from pipeline.data.sqlutil import q
+from pipeline.data.tasks import load_examples, task_cutoffs
+from pipeline.serving.tracking import Tracker, git_commit
+from pipeline.training.trainer import TrainConfig, Trainer
 
 # Graph models. `fanout` is the first hop's fanout; each further hop takes half as many
 # neighbours (16 with 3 layers -> (16, 8, 4), the shipped default), so `layers` and the
@@ -367,9 +367,9 @@ def tune_dataset(spec: DatasetSpec, task: TaskSpec, model: str, trials: int, *, 
                  paths: DataPaths | None = None, log: Callable[[str], None] = print) -> dict:
     """`tune` on a data directory whose warehouse, task table and graph are built (what
     `relgraph tune` runs after materializing them); `epochs` is the graph models' budget."""
-    from pipeline.features import FeatureConfig
-    from pipeline.graph import build_graph
-    from pipeline.tasks import encoder_fit_cutoff
+    from pipeline.graph.features import FeatureConfig
+    from pipeline.graph.build import build_graph
+    from pipeline.data.tasks import encoder_fit_cutoff
 
     paths = paths or DataPaths.from_env()
 

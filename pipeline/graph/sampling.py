@@ -337,7 +337,7 @@ class TemporalSampler(BaseSampler):
 
     def sample_from_edges(self, inputs: EdgeSamplerInput, neg_sampling=None):
         raise NotImplementedError("TemporalSampler samples from (entity, cutoff) seeds only; "
-                                  "use NodeLoader (pipeline.sampling.make_loader)")
+                                  "use NodeLoader (pipeline.graph.sampling.make_loader)")
 
     # -- sampling ------------------------------------------------------------------
     def _sample(self, entity: str, seeds: Tensor, cutoffs: Tensor, input_id: Tensor,

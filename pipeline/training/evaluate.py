@@ -24,7 +24,7 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-from pipeline.spec import LOWER_IS_BETTER, TASK_TYPES
+from pipeline.data.spec import LOWER_IS_BETTER, TASK_TYPES
 
 
 class MetricWarning(UserWarning):
@@ -42,7 +42,7 @@ def compute_metrics(task_type: str, y_true, y_score, split: str | None = None,
     """Metrics of one split.
 
     Args:
-        task_type: one of `pipeline.spec.TASK_TYPES`.
+        task_type: one of `pipeline.data.spec.TASK_TYPES`.
         y_true: binary: [n] in {0, 1}; multiclass: [n] class ids; regression: [n] floats;
             link prediction: the true target ids of each example, as a list of arrays,
             a scipy CSR matrix (columns = target ids) or a pyarrow/polars list column.

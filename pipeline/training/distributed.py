@@ -44,13 +44,13 @@ import torch.distributed as dist
 from torch import Tensor
 from torch_geometric.data import HeteroData
 
-from pipeline.spec import TaskSpec
-from pipeline.tasks import Examples
+from pipeline.data.spec import TaskSpec
+from pipeline.data.tasks import Examples
 
 if TYPE_CHECKING:
-    from pipeline.train import Trainer, TrainConfig, TrainResult
+    from pipeline.training.trainer import Trainer, TrainConfig, TrainResult
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 # Rank 0 evaluates and writes checkpoints while the other ranks wait in a collective;
 # that wait may be long on a big validation split. A rank that dies does not leave the
 # others waiting this long: torchrun stops every worker as soon as one fails.
@@ -128,7 +128,7 @@ def broadcast_ints(values: list[int], device: torch.device) -> list[int]:
 
 def worker_device(name: str) -> torch.device:
     """The device of this rank: its own GPU (LOCAL_RANK) under CUDA, else the CPU."""
-    from pipeline.train import resolve_device
+    from pipeline.training.trainer import resolve_device
 
     device = resolve_device(name)
     if device.type != "cuda":
@@ -146,7 +146,7 @@ def launch(trainer: Trainer) -> TrainResult:
 
     Worker output (rank 0's epoch lines, torchrun's messages) goes to `trainer.log`.
     """
-    from pipeline.train import resolve_device
+    from pipeline.training.trainer import resolve_device
 
     cfg = trainer.config
     n = cfg.nproc
@@ -158,7 +158,7 @@ def launch(trainer: Trainer) -> TrainResult:
         job = Path(tmp)
         torch.save(job_payload(trainer), job / "job.pt")
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc-per-node={n}", "-m", "pipeline.distributed", str(job)]
+               f"--nproc-per-node={n}", "-m", "pipeline.training.distributed", str(job)]
         # The workers import this checkout's pipeline/, installed or not.
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(
             [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
@@ -215,7 +215,7 @@ def job_payload(trainer: Trainer) -> dict:
 
 def trainer_inputs(payload: dict) -> tuple[HeteroData, dict, TaskSpec, dict[str, Examples], TrainConfig]:
     """The inverse of `job_payload`: (graph, feature metadata, task, splits, config)."""
-    from pipeline.train import TrainConfig
+    from pipeline.training.trainer import TrainConfig
 
     data = HeteroData()
     for node_type, attrs in payload["nodes"].items():
@@ -254,7 +254,7 @@ def _exit_without(launcher: int, job: Path) -> None:
 
 def main(argv: list[str]) -> int:
     """One rank (started by torchrun, which sets RANK, LOCAL_RANK, WORLD_SIZE)."""
-    from pipeline.train import Trainer, resolve_device
+    from pipeline.training.trainer import Trainer, resolve_device
 
     job = Path(argv[0])
     # Memory-mapped: the ranks share the graph's pages.

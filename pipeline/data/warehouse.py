@@ -31,8 +31,8 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from pipeline.spec import DatasetSpec, ForeignKey, TableSpec
-from pipeline.sqlutil import q
+from pipeline.data.spec import DatasetSpec, ForeignKey, TableSpec
+from pipeline.data.sqlutil import q
 
 ROW = "__row"
 ID = "__id"

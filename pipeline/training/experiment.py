@@ -21,14 +21,14 @@ from typing import Callable, ContextManager
 import duckdb
 import numpy as np
 
-from pipeline.evaluate import plot_curves, plot_pred_vs_true, plot_roc_pr
-from pipeline.graph import GraphArtifact
+from pipeline.training.evaluate import plot_curves, plot_pred_vs_true, plot_roc_pr
+from pipeline.graph.build import GraphArtifact
 from pipeline.models import GNN_MODELS
 from pipeline.paths import DataPaths
-from pipeline.spec import DatasetSpec, TaskSpec
-from pipeline.tasks import load_examples, task_cutoffs
-from pipeline.tracking import Tracker, git_commit
-from pipeline.train import TrainConfig, Trainer
+from pipeline.data.spec import DatasetSpec, TaskSpec
+from pipeline.data.tasks import load_examples, task_cutoffs
+from pipeline.serving.tracking import Tracker, git_commit
+from pipeline.training.trainer import TrainConfig, Trainer
 
 GBDT_MODELS = ("lightgbm", "lightgbm_flat")
 ALL_MODELS = GNN_MODELS + GBDT_MODELS

@@ -32,11 +32,11 @@ import pymysql
 import pymysql.converters
 import pymysql.cursors
 
-from pipeline.sources import (
+from pipeline.data.sources import (
     DEFAULT_BATCH_SIZE, SourceError, TableNames, check_batch_size, host_port, quote_ident,
     redact_uri, scrub,
 )
-from pipeline.spec import TableSpec
+from pipeline.data.spec import TableSpec
 
 _INTEGERS = {"tinyint": 8, "smallint": 16, "mediumint": 32, "int": 32, "integer": 32, "bigint": 64}
 _SIGNED = {8: pa.int8(), 16: pa.int16(), 32: pa.int32(), 64: pa.int64()}

@@ -6,7 +6,7 @@ the graph contract:
 
 - node type T = table T, node i = the row with `__id` = i; `time` (int64 epoch seconds)
   only for tables with a time column; x_num / x_cat / x_text / x_ts from
-  `pipeline.features`.
+  `pipeline.graph.features`.
 - edge types (C, fk, P) and (P, "rev_" + fk, C) for each foreign key of child C into
   parent P; rows whose foreign key is NULL have no edge.
 - every edge type is sorted by destination, then by the source's time (ids follow time
@@ -44,13 +44,13 @@ import numpy as np
 import torch
 from torch_geometric.data import HeteroData
 
-from pipeline.features import (
+from pipeline.graph.features import (
     BATCH_ROWS, Encoders, FeatureConfig, duckdb_threads, encode_table, feature_meta,
     fit_encoders, row_index, table_columns, table_size, utc_naive,
 )
 from pipeline.paths import DataPaths
-from pipeline.spec import DatasetSpec, TableSpec
-from pipeline.sqlutil import q as quote
+from pipeline.data.spec import DatasetSpec, TableSpec
+from pipeline.data.sqlutil import q as quote
 
 # Bump when the stored layout or any encoding changes, so old cache entries are not reused.
 GRAPH_FORMAT = 1
@@ -247,7 +247,7 @@ def build_graph(con: duckdb.DuckDBPyConnection, spec: DatasetSpec, fit_cutoff: d
                 ) -> GraphArtifact:
     """Build the graph of `spec`'s warehouse tables, or load it from the cache.
 
-    Encoders are fitted on rows with time <= fit_cutoff (see `pipeline.features`).
+    Encoders are fitted on rows with time <= fit_cutoff (see `pipeline.graph.features`).
     `cache_dir` defaults to the data directory's graphs/ ($RELGRAPH_DATA/graphs).
     Each table's tensors are written to the cache on a background thread while the next
     table is encoded, so the disk mostly works while DuckDB does.

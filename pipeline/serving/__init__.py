@@ -1,0 +1,1 @@
+"""Serving: MLflow tracking, the model registry and champion gate, and batch predictions."""
