@@ -370,7 +370,6 @@ def child_relbench_auroc(warehouse: str, customers: int, cache_dir: str, epochs:
 
     import torch
 
-    from pipeline.training.evaluate import compute_metrics
 
     t0 = time.perf_counter()
     task, splits, data, device, model, optimizer, _ = _relbench_setup(
@@ -385,7 +384,7 @@ def child_relbench_auroc(warehouse: str, customers: int, cache_dir: str, epochs:
 
     def auroc(split: str) -> float:
         ex = splits[split]
-        return compute_metrics(task.type, ex.label.numpy(), scores(ex))["auroc"]
+        return task.kind.compute_metrics(ex.label.numpy(), scores(ex))["auroc"]
 
     ex = splits["train"]
     step = _relbench_step(model, optimizer, task.entity_table, ex, device)

@@ -7,7 +7,6 @@ from scipy.sparse import csr_matrix
 
 from pipeline.training.evaluate import (
     MetricWarning,
-    compute_metrics,
     metrics_markdown,
     plot_curves,
     plot_model_comparison,
@@ -15,6 +14,7 @@ from pipeline.training.evaluate import (
     plot_roc_pr,
     top_k_ids,
 )
+from pipeline.task_kinds import compute_metrics
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

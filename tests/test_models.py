@@ -479,12 +479,12 @@ def test_hetero_layer_combines_edge_types_by_hand(aggr):
 
 def test_task_head_shapes():
     z = torch.randn(5, 8)
-    assert TaskHead("binary", 8)(z).shape == (5,)
+    assert TaskHead("binary_classification", 8)(z).shape == (5,)
     assert TaskHead("regression", 8)(z).shape == (5,)
     assert TaskHead("multiclass_classification", 8, num_classes=3)(z).shape == (5, 3)
     assert TaskHead("link_prediction", 8, num_targets=11)(z).shape == (5, 11)
     with pytest.raises(ValueError, match="num_classes"):
-        TaskHead("multiclass", 8)
+        TaskHead("multiclass_classification", 8)
     with pytest.raises(ValueError, match="unknown task type"):
         TaskHead("ranking", 8)
 
@@ -552,7 +552,7 @@ def fit_two_hop(name: str, layers: int = 2, steps: int = 60) -> tuple[float, flo
     fresh, y_fresh = two_hop_task(seed=1)
     cfg = ModelConfig(hidden=32, layers=layers, heads=2, dropout=0.0)
     model = build_model(name, FEATURE_META, METADATA, ENTITY, cfg)
-    head = TaskHead("binary", cfg.hidden)
+    head = TaskHead("binary_classification", cfg.hidden)
     opt = torch.optim.Adam([*model.parameters(), *head.parameters()], lr=1e-2)
     for _ in range(steps):
         opt.zero_grad()

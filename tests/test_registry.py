@@ -151,7 +151,7 @@ def test_predictions_come_from_the_champion(pipeline):
 _REPRODUCE = """
 import json, sys
 import duckdb, mlflow.pyfunc, numpy as np
-from pipeline.training.evaluate import compute_metrics
+from pipeline.task_kinds import compute_metrics
 con = duckdb.connect(sys.argv[1], read_only=True)
 frame = con.sql("SELECT customer_id, cutoff, label FROM task_customer_churn WHERE split = 'test'").df()
 con.close()

@@ -18,15 +18,9 @@ from typing import Any
 
 import yaml
 
+from pipeline.task_kinds import LOWER_IS_BETTER, TASK_KINDS, TaskKind
+
 SOURCE_KINDS = ("synthetic", "parquet", "csv", "sqlite", "duckdb", "postgres", "mysql", "relbench")
-TASK_TYPES = ("binary_classification", "multiclass_classification", "regression", "link_prediction")
-METRICS = {
-    "binary_classification": ("auroc", "average_precision", "accuracy", "f1"),
-    "multiclass_classification": ("accuracy", "f1", "auroc"),
-    "regression": ("mae", "rmse", "r2"),
-    "link_prediction": ("map_at_10", "recall_at_10", "ndcg_at_10"),
-}
-LOWER_IS_BETTER = frozenset({"mae", "rmse"})
 ORPHAN_POLICIES = ("null", "drop", "fail")
 DUPLICATE_POLICIES = ("fail", "keep_first", "keep_last")
 SEMANTIC_TYPES = ("numeric", "categorical", "boolean", "timestamp", "text", "id")
@@ -127,6 +121,11 @@ class TaskSpec:
     target_table: str | None = None
     num_train_cutoffs: int = 6
     num_classes: int | None = None
+
+    @property
+    def kind(self) -> TaskKind:
+        """What this task's type means to every stage (pipeline/task_kinds.py)."""
+        return TASK_KINDS[self.type]
 
     @property
     def lower_is_better(self) -> bool:
@@ -360,24 +359,25 @@ def parse_spec(raw: Any, path: Path | None = None) -> DatasetSpec:
         for key in ("type", "entity_table", "label_sql", "horizon", "val_cutoff", "test_cutoff"):
             if key not in kraw:
                 raise SpecError(f"{w}: missing required key '{key}'")
-        ttype = _policy(kraw["type"], TASK_TYPES, f"{w}.type", "")
+        ttype = _policy(kraw["type"], TASK_KINDS, f"{w}.type", "")
+        kind = TASK_KINDS[ttype]
         entity = str(kraw["entity_table"])
         if entity not in tables:
             raise SpecError(f"{w}.entity_table: no table '{entity}'{_suggest(entity, tables)}")
         if not tables[entity].primary_key:
             raise SpecError(f"{w}.entity_table: table '{entity}' has no primary_key")
         target = kraw.get("target_table")
-        if ttype == "link_prediction":
+        if kind.ranks_targets:
             if not target:
-                raise SpecError(f"{w}: link_prediction needs target_table")
+                raise SpecError(f"{w}: {ttype} needs target_table")
             if target not in tables:
                 raise SpecError(f"{w}.target_table: no table '{target}'{_suggest(target, tables)}")
             if len(tables[target].primary_key) != 1:
                 raise SpecError(f"{w}.target_table: '{target}' needs a single-column primary key")
-        metric = str(kraw.get("metric") or METRICS[ttype][0])
-        if metric not in METRICS[ttype]:
+        metric = str(kraw.get("metric") or kind.default_metric)
+        if metric not in kind.metrics:
             raise SpecError(f"{w}.metric: '{metric}' does not fit {ttype} "
-                            f"(use one of {', '.join(METRICS[ttype])}){_suggest(metric, METRICS[ttype])}")
+                            f"(use one of {', '.join(kind.metrics)}){_suggest(metric, kind.metrics)}")
         horizon = parse_duration(kraw["horizon"], f"{w}.horizon")
         if horizon <= timedelta(0):
             raise SpecError(f"{w}.horizon: must be positive")

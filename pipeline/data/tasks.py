@@ -123,7 +123,7 @@ def build_task_table(con: duckdb.DuckDBPyConnection, spec: DatasetSpec, task: Ta
     entity = spec.tables[task.entity_table]
     keys = list(entity.primary_key)
     where = f"task {task.name}.label_sql"
-    link = task.type == "link_prediction"
+    link = task.kind.ranks_targets
     target = spec.tables[task.target_table] if link else None
     tkey = target.primary_key[0] if link else None
     out_col = tkey if link else "label"
@@ -151,7 +151,7 @@ def build_task_table(con: duckdb.DuckDBPyConnection, spec: DatasetSpec, task: Ta
         label_expr = f"o.{q(tkey)}, t.__id AS __target_id"
         join_t = f"JOIN {q(target.name)} t ON o.{q(tkey)} = t.{q(tkey)}"
     else:
-        cast = "DOUBLE" if task.type == "regression" else "INTEGER"
+        cast = task.kind.label_sql_type
         bad = con.execute(f"SELECT COUNT(*) FROM {out} WHERE TRY_CAST(label AS {cast}) IS NULL"
                           ).fetchall()[0][0]
         if bad:
@@ -189,30 +189,26 @@ def build_task_table(con: duckdb.DuckDBPyConnection, spec: DatasetSpec, task: Ta
 def split_summary(con: duckdb.DuckDBPyConnection, task: TaskSpec) -> dict:
     """Examples, label statistics and distinct entities per split, plus the live count."""
     name = q(f"task_{task.name}")
-    if task.type == "link_prediction":
+    if task.kind.ranks_targets:
         stat = "COUNT(*) * 1.0 / COUNT(DISTINCT (__entity_id, cutoff))"
         examples = "COUNT(DISTINCT (__entity_id, cutoff))"
     else:
         stat, examples = "AVG(label)", "COUNT(*)"
     rows = con.execute(f"""SELECT split, {examples}, {stat}, COUNT(DISTINCT __entity_id),
                            COUNT(DISTINCT cutoff) FROM {name} GROUP BY split""").fetchall()
-    label_stat = {"binary_classification": "positive_rate", "link_prediction": "targets_per_example"}
     out = {"splits": {}}
     for split, n, s, ents, ncut in rows:
-        out["splits"][split] = {"examples": int(n), label_stat.get(task.type, "label_mean"):
+        out["splits"][split] = {"examples": int(n), task.kind.label_stat:
                                 (float(s) if s is not None else None),
                                 "entities": int(ents), "cutoffs": int(ncut)}
     for split in SPLITS:
         if split not in out["splits"]:
             raise TaskError(f"task {task.name}: the {split} split has no examples; "
                             "check the cutoffs and the label SQL")
-    if task.type == "binary_classification":
-        for split in SPLITS:  # train first: that is the split a user most needs to hear about
-            s = out["splits"][split]
-            positives = round(s["positive_rate"] * s["examples"])
-            if positives == 0 or positives == s["examples"]:
-                raise TaskError(f"task {task.name}: the {split} split has {positives} positive "
-                                f"labels out of {s['examples']}; a binary task needs both classes")
+    for split in SPLITS:  # train first: that is the split a user most needs to hear about
+        problem = task.kind.check_split(task.name, split, out["splits"][split])
+        if problem:
+            raise TaskError(problem)
     out["live_entities"] = con.execute(f"SELECT COUNT(*) FROM {q(f'task_{task.name}_live')}"
                                        ).fetchall()[0][0]
     return out
@@ -239,7 +235,7 @@ def load_examples(con: duckdb.DuckDBPyConnection, task: TaskSpec, split: str) ->
                           FROM {q(f'task_{task.name}_live')} ORDER BY __entity_id""").to_arrow_table()
         return Examples(_tensor(tbl, "__entity_id"), _tensor(tbl, "t"), None)
     name = q(f"task_{task.name}")
-    if task.type == "link_prediction":
+    if task.kind.ranks_targets:
         tbl = con.sql(f"""SELECT __entity_id, epoch(cutoff)::BIGINT AS t,
                                  list(__target_id ORDER BY __target_id) AS targets
                           FROM {name} WHERE split = ? GROUP BY ALL
@@ -250,8 +246,7 @@ def load_examples(con: duckdb.DuckDBPyConnection, task: TaskSpec, split: str) ->
         return Examples(_tensor(tbl, "__entity_id"), _tensor(tbl, "t"), None, ptr, ids)
     tbl = con.sql(f"""SELECT __entity_id, epoch(cutoff)::BIGINT AS t, label FROM {name}
                       WHERE split = ? ORDER BY t, __entity_id""", params=[split]).to_arrow_table()
-    label = torch.from_numpy(np.array(tbl.column("label").to_numpy()))
-    label = label.long() if task.type == "multiclass_classification" else label.float()
+    label = task.kind.label_tensor(np.array(tbl.column("label").to_numpy()))
     return Examples(_tensor(tbl, "__entity_id"), _tensor(tbl, "t"), label)
 
 

@@ -43,9 +43,9 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from pipeline.training.evaluate import MetricWarning, compute_metrics
-from pipeline.data.spec import LOWER_IS_BETTER, DatasetSpec, ForeignKey, TaskSpec
+from pipeline.data.spec import DatasetSpec, ForeignKey, TaskSpec
 from pipeline.data.sqlutil import q
+from pipeline.training.evaluate import MetricWarning
 
 TOP_K = 10
 _P_CUT, _A_CUT, _C_CUT = 'p."cutoff"', 'a."cutoff"', 'c."cutoff"'
@@ -578,7 +578,7 @@ def _resolve_task(spec: DatasetSpec, task: TaskSpec | str) -> TaskSpec:
 def _build(con, spec: DatasetSpec, task: TaskSpec, task_table: str, flat: bool,
            config: GBDTConfig) -> tuple[pl.DataFrame, list[_Feature]]:
     builder = _Builder(con, spec, config)
-    if task.type == "link_prediction":
+    if task.kind.ranks_targets:
         return builder.link_features(task, task_table, flat)
     return builder.entity_features(task, task_table, flat)
 
@@ -606,8 +606,6 @@ def build_features(con, spec: DatasetSpec, task: TaskSpec | str, task_table: str
 
 # ---------------------------------------------------------------------------- training
 
-_OBJECTIVES = {"binary_classification": "binary", "multiclass_classification": "multiclass",
-               "regression": "regression", "link_prediction": "binary"}
 _FALLBACK_METRICS = {"binary": "binary_logloss", "multiclass": "multi_logloss",
                      "regression": "l2", "regression_l1": "l1"}
 
@@ -675,7 +673,7 @@ def _splits(con, spec: DatasetSpec, task: TaskSpec, task_table: str, frame: pl.D
         if not counts.get(split):
             raise ValueError(f"task {task.name}: table main.{q(task_table)} has no '{split}' "
                              f"rows (rows per split: {counts})")
-    if task.type == "link_prediction":
+    if task.kind.ranks_targets:
         examples, truth = _Builder(con, spec, config).link_examples(task_table)
         return {s: _link_split(frame, examples, truth, names, s) for s in ("train", "val", "test")}
     nulls = frame["label"].null_count()
@@ -692,12 +690,12 @@ def _splits(con, spec: DatasetSpec, task: TaskSpec, task_table: str, frame: pl.D
 
 def _metric_fn(task: TaskSpec, split: _Split, name: str):
     """LightGBM `feval`: the task's metric of the validation split."""
-    higher = task.metric not in LOWER_IS_BETTER
+    higher = not task.lower_is_better
 
     def feval(preds, _data):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", MetricWarning)
-            value = compute_metrics(task.type, split.truth, split.predictions(preds))[task.metric]
+            value = task.kind.compute_metrics(split.truth, split.predictions(preds))[task.metric]
         return name, value, higher
 
     return feval
@@ -719,20 +717,15 @@ def train_gbdt(con, spec: DatasetSpec, task: TaskSpec | str, flat: bool,
     data = _splits(con, spec, task, task_table, frame, names, config)
     train, val, test = data["train"], data["val"], data["test"]
 
-    objective = _OBJECTIVES[task.type]
     params = {
-        "objective": objective, "num_leaves": config.num_leaves,
+        **task.kind.gbdt_params(task, frame["label"].drop_nulls()), "num_leaves": config.num_leaves,
         "learning_rate": config.learning_rate, "min_child_samples": config.min_child_samples,
         "feature_fraction": config.feature_fraction, "seed": config.seed,
         "deterministic": True, "force_col_wise": True, "num_threads": config.num_threads,
         "verbosity": -1, "metric": "None",
     }
-    if task.type == "regression" and task.metric == "mae":
-        params["objective"] = objective = "regression_l1"
-    if task.type == "multiclass_classification":
-        labels = frame["label"].drop_nulls()
-        params["num_class"] = task.num_classes or int(labels.max()) + 1
-    if task.type == "link_prediction" and train.y.sum() == 0:
+    objective = params["objective"]
+    if task.kind.ranks_targets and train.y.sum() == 0:
         warnings.warn(f"task {task.name}: no true target is among the train candidates "
                       f"({len(train.y)} pairs); the model cannot learn", MetricWarning,
                       stacklevel=2)
@@ -741,10 +734,10 @@ def train_gbdt(con, spec: DatasetSpec, task: TaskSpec | str, flat: bool,
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", MetricWarning)
         probe = np.linspace(0, 1, len(val.y))
-        if task.type == "multiclass_classification":
+        if "num_class" in params:
             probe = np.tile(np.linspace(0, 1, params["num_class"]), (len(val.y), 1))
-        defined = not math.isnan(compute_metrics(task.type, val.truth,
-                                                 val.predictions(probe))[task.metric])
+        defined = not math.isnan(task.kind.compute_metrics(val.truth,
+                                                           val.predictions(probe))[task.metric])
     metric_name = task.metric
     feval = _metric_fn(task, val, task.metric)
     if not defined:
@@ -771,8 +764,8 @@ def train_gbdt(con, spec: DatasetSpec, task: TaskSpec | str, flat: bool,
 
     val_pred = val.predictions(model.scores(val.x))
     test_pred = test.predictions(model.scores(test.x))
-    val_metrics = compute_metrics(task.type, val.truth, val_pred, split="val")
-    test_metrics = compute_metrics(task.type, test.truth, test_pred, split="test")
+    val_metrics = task.kind.compute_metrics(val.truth, val_pred, split="val")
+    test_metrics = task.kind.compute_metrics(test.truth, test_pred, split="test")
     curve = evals.get("val", {}).get(metric_name, [])
     # Every entry carries val_<task metric> (NaN when early stopping had to use the loss),
     # the key the tracking and plotting code reads.
@@ -797,7 +790,7 @@ def predict_gbdt(con, spec: DatasetSpec, task: TaskSpec | str, model: GBDTModel,
         gone = sorted(set(model.feature_names) - set(names))
         raise ValueError(f"main.{q(rows_table)}: the features differ from the model's "
                          f"(new: {new[:5]}, missing: {gone[:5]}); retrain the model")
-    if task.type != "link_prediction":
+    if not task.kind.ranks_targets:
         return model.scores(_matrix(frame, names))
     examples, _ = _Builder(con, spec, model.config).link_examples(rows_table)
     rows = _link_split(frame, examples, None, names, None)

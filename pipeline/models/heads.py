@@ -5,16 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-# The spec's task type names and their short forms.
-TASK_TYPES = {
-    "binary": "binary",
-    "binary_classification": "binary",
-    "multiclass": "multiclass",
-    "multiclass_classification": "multiclass",
-    "regression": "regression",
-    "link_prediction": "link_prediction",
-}
-
+from pipeline.task_kinds import task_kind
 
 class TaskHead(nn.Module):
     r"""Maps seed embeddings to logits, values or target scores.
@@ -29,8 +20,8 @@ class TaskHead(nn.Module):
       (the bias carries popularity; :meth:`set_target_prior` starts it at its log-odds).
 
     Args:
-        task_type (str): ``binary``, ``multiclass``, ``regression`` or
-            ``link_prediction`` (the spec's ``*_classification`` names work too).
+        task_type (str): the spec's task type, a key of
+            :data:`pipeline.task_kinds.TASK_KINDS`.
         hidden (int): Size of the seed embeddings.
         num_classes (int, optional): C, for multiclass. (default: ``None``)
         num_targets (int, optional): Rows of the target table, for link
@@ -46,20 +37,12 @@ class TaskHead(nn.Module):
         self, task_type: str, hidden: int, num_classes: int | None = None, num_targets: int | None = None
     ):
         super().__init__()
-        if task_type not in TASK_TYPES:
-            raise ValueError(f"unknown task type {task_type!r}; valid: {', '.join(TASK_TYPES)}")
-        self.task_type = TASK_TYPES[task_type]
-        if self.task_type == "multiclass" and (num_classes is None or num_classes < 2):
-            raise ValueError(f"multiclass head needs num_classes >= 2, got {num_classes}")
-        if self.task_type == "link_prediction" and (num_targets is None or num_targets < 1):
-            raise ValueError(f"link_prediction head needs num_targets >= 1, got {num_targets}")
-        out = {"binary": 1, "regression": 1, "multiclass": num_classes, "link_prediction": hidden}[
-            self.task_type
-        ]
+        self.kind = task_kind(task_type)
+        out = self.kind.head_outputs(hidden, num_classes, num_targets)
         self.mlp = nn.Sequential(
             nn.Linear(hidden, hidden), nn.LayerNorm(hidden), nn.ReLU(), nn.Linear(hidden, out)
         )
-        if self.task_type == "link_prediction":
+        if self.kind.ranks_targets:
             self.target_emb = nn.Embedding(num_targets, hidden)
             self.target_bias = nn.Parameter(torch.zeros(num_targets))
         else:
@@ -83,7 +66,7 @@ class TaskHead(nn.Module):
         target of :math:`n_k` of :math:`N` training examples: before the embeddings have
         learned anything, every score is the calibrated popularity of its target."""
         if self.target_bias is None:
-            raise ValueError(f"set_target_prior applies to link_prediction heads, not {self.task_type}")
+            raise ValueError(f"set_target_prior applies to link_prediction heads, not {self.kind.name}")
         if counts.shape != self.target_bias.shape:
             raise ValueError(
                 f"counts has shape {tuple(counts.shape)}, expected ({self.target_bias.numel()},)"
@@ -93,14 +76,12 @@ class TaskHead(nn.Module):
 
     def forward(self, z: Tensor) -> Tensor:
         out = self.mlp(z)
-        if self.task_type == "link_prediction":
+        if self.target_emb is not None:
             return out @ self.target_emb.weight.t() + self.target_bias
-        if self.task_type == "multiclass":
-            return out
-        return out.squeeze(-1)
+        return out.squeeze(-1) if self.kind.scalar_output else out
 
     def __repr__(self) -> str:
-        return f"{self.__class__.__name__}({self.task_type}, out={self.mlp[-1].out_features})"
+        return f"{self.__class__.__name__}({self.kind.name}, out={self.mlp[-1].out_features})"
 
 
 class TargetHistory(nn.Module):

@@ -13,10 +13,8 @@ from typing import Callable, ContextManager
 import duckdb
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.training.evaluate import top_k_ids
 from pipeline.graph.build import GraphArtifact
 from pipeline.models import GNN_MODELS
 from pipeline.data.spec import DatasetSpec, TaskSpec
@@ -53,24 +51,14 @@ def predictions_table(con: duckdb.DuckDBPyConnection, spec: DatasetSpec, task: T
                    "ORDER BY __entity_id").to_arrow_table()
     if len(scores) != base.num_rows:
         raise ValueError(f"task {task.name}: {len(scores)} scores for {base.num_rows} live entities")
-    if task.type == "link_prediction":
-        ids = scores if scores.ndim == 2 and scores.dtype.kind == "i" else top_k_ids(scores, TOP_K)
+    target_keys = None
+    if task.kind.ranks_targets:
         target = spec.tables[task.target_table]
-        tkey = target.primary_key[0]
-        lookup = con.sql(f"SELECT {q(tkey)} FROM {q(target.name)} ORDER BY __id").to_arrow_table().column(0)
-        flat = ids.reshape(-1)
-        values = lookup.take(pa.array(np.where(flat < 0, 0, flat)))
-        # -1 pads a short candidate list (LightGBM); it becomes a null target.
-        values = pc.if_else(pa.array(flat < 0), pa.nulls(len(flat), lookup.type), values)
-        offsets = pa.array(np.arange(0, len(flat) + 1, ids.shape[1], dtype=np.int32))
-        score_col = pa.ListArray.from_arrays(offsets, values)
-        name = "top_targets"
-    elif task.type == "multiclass_classification":
-        score_col, name = pa.array(scores.argmax(1)), "predicted_class"
-        base = base.append_column("probability", pa.array(scores.max(1).astype(np.float64)))
-    else:
-        score_col, name = pa.array(np.asarray(scores, dtype=np.float64)), "score"
-    out = base.append_column(name, score_col)
+        target_keys = con.sql(f"SELECT {q(target.primary_key[0])} FROM {q(target.name)} "
+                              "ORDER BY __id").to_arrow_table().column(0)
+    out = base
+    for name, column in task.kind.prediction_columns(scores, target_keys, TOP_K):
+        out = out.append_column(name, column)
     out = out.append_column("model", pa.array([model] * out.num_rows, pa.string()))
     return out.append_column("model_version", pa.array([model_version] * out.num_rows, pa.string()))
 

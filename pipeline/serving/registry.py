@@ -45,7 +45,6 @@ import pandas as pd
 
 import mlflow.pyfunc
 
-from pipeline.training.evaluate import compute_metrics
 from pipeline.training.experiment import GBDT_MODELS, load_results
 from pipeline.paths import DataPaths
 from pipeline.data.spec import DatasetSpec, TaskSpec, load_spec
@@ -349,13 +348,13 @@ def split_frame(con: duckdb.DuckDBPyConnection, spec: DatasetSpec, task: TaskSpe
                         WHERE split = ? ORDER BY cutoff, __entity_id""",
                     params=[split]).df()[keys + ["cutoff"]]
     ex = load_examples(con, task, split)
-    truth = link_truth(ex) if task.type == "link_prediction" else ex.label.numpy()
+    truth = link_truth(ex) if task.kind.ranks_targets else ex.label.numpy()
     return frame, truth
 
 
 def split_metric(model, frame: pd.DataFrame, truth, task: TaskSpec) -> float:
     """The task metric of a pyfunc model on one split."""
-    return float(compute_metrics(task.type, truth, model.predict(frame))[task.metric])
+    return float(task.kind.compute_metrics(truth, model.predict(frame))[task.metric])
 
 
 def beats(candidate: float, champion: float, lower_is_better: bool) -> bool:

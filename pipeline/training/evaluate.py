@@ -1,7 +1,7 @@
 """Metrics and plots for every task type.
 
-`compute_metrics` gives the numbers that MLflow records as `val_<metric>` and
-`test_<metric>`; the plots are PNG files that go into MLflow artifacts and Dagster metadata.
+The metric functions (each task kind in `pipeline.task_kinds` calls its own) give the
+numbers that MLflow records as `val_<metric>` and `test_<metric>`; the plots are PNG files that go into MLflow artifacts and Dagster metadata.
 Plots use matplotlib's object-oriented API (`Figure`, never pyplot), so they touch no
 global backend state and can run in any thread.
 """
@@ -24,8 +24,6 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-from pipeline.data.spec import LOWER_IS_BETTER, TASK_TYPES
-
 
 class MetricWarning(UserWarning):
     """A metric is undefined on this split (for example AUROC with no positives)."""
@@ -37,45 +35,12 @@ def _warn(split: str | None, message: str) -> None:
 
 # ---------------------------------------------------------------------------- metrics
 
-def compute_metrics(task_type: str, y_true, y_score, split: str | None = None,
-                    k: int = 10) -> dict[str, float]:
-    """Metrics of one split.
-
-    Args:
-        task_type: one of `pipeline.data.spec.TASK_TYPES`.
-        y_true: binary: [n] in {0, 1}; multiclass: [n] class ids; regression: [n] floats;
-            link prediction: the true target ids of each example, as a list of arrays,
-            a scipy CSR matrix (columns = target ids) or a pyarrow/polars list column.
-        y_score: binary: [n] probabilities of class 1 (or [n, 2]); multiclass: [n, C]
-            class probabilities; regression: [n] predictions; link prediction: either a
-            float [n, num_targets] score matrix or an integer [n, <=k] matrix of
-            precomputed top-k target ids, best first, padded with -1.
-        split: named in the warning when a metric is undefined ("val", "test").
-        k: the cut-off of the ranking metrics (names end in `_at_<k>`).
-
-    Undefined metrics (AUROC of a split with one class, R^2 of a constant target,
-    ranking metrics of examples without any true target) are NaN and raise a
-    `MetricWarning` that names the split and the counts; they never raise an exception.
-    """
-    if task_type == "binary_classification":
-        return _binary_metrics(np.asarray(y_true), np.asarray(y_score, dtype=np.float64), split)
-    if task_type == "multiclass_classification":
-        return _multiclass_metrics(np.asarray(y_true), np.asarray(y_score, dtype=np.float64),
-                                   split)
-    if task_type == "regression":
-        return _regression_metrics(np.asarray(y_true, dtype=np.float64),
-                                   np.asarray(y_score, dtype=np.float64), split)
-    if task_type == "link_prediction":
-        return _ranking_metrics(y_true, y_score, split, k)
-    raise ValueError(f"unknown task type '{task_type}' (use one of {', '.join(TASK_TYPES)})")
-
-
 def _check_lengths(y_true: np.ndarray, y_score: np.ndarray) -> None:
     if len(y_true) != len(y_score):
         raise ValueError(f"y_true has {len(y_true)} examples but y_score has {len(y_score)}")
 
 
-def _binary_metrics(y_true: np.ndarray, y_score: np.ndarray, split: str | None) -> dict:
+def binary_metrics(y_true: np.ndarray, y_score: np.ndarray, split: str | None) -> dict:
     if y_score.ndim == 2 and y_score.shape[1] == 2:
         y_score = y_score[:, 1]
     _check_lengths(y_true, y_score)
@@ -104,7 +69,7 @@ def _binary_metrics(y_true: np.ndarray, y_score: np.ndarray, split: str | None) 
     return out
 
 
-def _multiclass_metrics(y_true: np.ndarray, y_score: np.ndarray, split: str | None) -> dict:
+def multiclass_metrics(y_true: np.ndarray, y_score: np.ndarray, split: str | None) -> dict:
     if y_score.ndim != 2:
         raise ValueError(f"multiclass y_score must be [n, num_classes]; got shape {y_score.shape}")
     _check_lengths(y_true, y_score)
@@ -136,7 +101,7 @@ def _multiclass_metrics(y_true: np.ndarray, y_score: np.ndarray, split: str | No
     return {"accuracy": float((pred == y).mean()), "f1": f1, "auroc": auroc}
 
 
-def _regression_metrics(y_true: np.ndarray, y_pred: np.ndarray, split: str | None) -> dict:
+def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray, split: str | None) -> dict:
     if y_pred.ndim == 2 and y_pred.shape[1] == 1:
         y_pred = y_pred[:, 0]
     _check_lengths(y_true, y_pred)
@@ -189,7 +154,7 @@ def top_k_ids(scores: np.ndarray, k: int) -> np.ndarray:
     return np.take_along_axis(part, order, axis=1)
 
 
-def _ranking_metrics(y_true, y_score, split: str | None, k: int) -> dict:
+def ranking_metrics(y_true, y_score, split: str | None, k: int) -> dict:
     names = (f"map_at_{k}", f"recall_at_{k}", f"ndcg_at_{k}")
     indptr, targets = _relevance_csr(y_true)
     n = len(indptr) - 1
@@ -245,7 +210,7 @@ def _save(fig: Figure, path) -> Path:
     return path
 
 
-def plot_curves(history: list[dict], metric: str, path) -> Path:
+def plot_curves(history: list[dict], metric: str, path, lower_is_better: bool = False) -> Path:
     """Training loss and validation metric by epoch, the best epoch marked.
 
     `history` holds one dict per epoch (or boosting round) with keys `epoch`,
@@ -260,7 +225,7 @@ def plot_curves(history: list[dict], metric: str, path) -> Path:
     ax = fig.subplots()
     if points:
         epochs, values = np.array([p[0] for p in points]), np.array([p[1] for p in points], float)
-        best = int(values.argmin() if metric in LOWER_IS_BETTER else values.argmax())
+        best = int(values.argmin() if lower_is_better else values.argmax())
         ax.plot(epochs, values, color="tab:blue", label=key)
         ax.axvline(epochs[best], color="tab:gray", linestyle="--",
                    label=f"best epoch {epochs[best]} ({values[best]:.4f})")
@@ -345,7 +310,8 @@ def _mean_std(value) -> tuple[float, float]:
     return float(value), 0.0
 
 
-def plot_model_comparison(results: dict[str, dict], metric: str, path) -> Path:
+def plot_model_comparison(results: dict[str, dict], metric: str, path,
+                          lower_is_better: bool = False) -> Path:
     """Bar chart of each model's `<split>_<metric>` (mean over seeds, std as error bar).
 
     `results` maps model -> {"val_auroc": {"mean": m, "std": s}, "test_auroc": ...}
@@ -373,7 +339,7 @@ def plot_model_comparison(results: dict[str, dict], metric: str, path) -> Path:
         ax.bar(x + (i - (len(splits) - 1) / 2) * width, means, width, yerr=stds, capsize=3,
                label=split)
     ax.set_xticks(x, models, rotation=30, ha="right")
-    arrow = "lower is better" if metric in LOWER_IS_BETTER else "higher is better"
+    arrow = "lower is better" if lower_is_better else "higher is better"
     ax.set(ylabel=metric, title=f"{metric} by model ({arrow})")
     ax.legend()
     return _save(fig, path)

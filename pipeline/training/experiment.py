@@ -19,9 +19,8 @@ from pathlib import Path
 from typing import Callable, ContextManager
 
 import duckdb
-import numpy as np
 
-from pipeline.training.evaluate import plot_curves, plot_pred_vs_true, plot_roc_pr
+from pipeline.training.evaluate import plot_curves
 from pipeline.graph.build import GraphArtifact
 from pipeline.models import GNN_MODELS
 from pipeline.paths import DataPaths
@@ -94,13 +93,8 @@ def _plots(task: TaskSpec, out_dir: Path, history: list[dict], y_true, scores) -
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     if history:
-        paths.append(plot_curves(history, task.metric, out_dir / "curves.png"))
-    if task.type == "binary_classification":
-        paths.append(plot_roc_pr(np.asarray(y_true), np.asarray(scores), out_dir / "roc_pr.png"))
-    elif task.type == "regression":
-        paths.append(plot_pred_vs_true(np.asarray(y_true), np.asarray(scores),
-                                       out_dir / "pred_vs_true.png"))
-    return [Path(p) for p in paths]
+        paths.append(plot_curves(history, task.metric, out_dir / "curves.png", task.lower_is_better))
+    return [Path(p) for p in paths + task.kind.plots(y_true, scores, out_dir)]
 
 
 def run_model(connect: Callable[[], ContextManager[duckdb.DuckDBPyConnection]],

@@ -49,7 +49,8 @@ def comparison(paths: DataPaths, spec: DatasetSpec, task: TaskSpec, run_id: str 
     plot = None
     if rows:
         plot = plot_model_comparison({r["model"]: {"val": r["val"], "test": r["test"]} for r in rows},
-                                     m, paths.results / spec.name / task.name / "comparison.png")
+                                     m, paths.results / spec.name / task.name / "comparison.png",
+                                     task.lower_is_better)
         plot = Path(plot)
         parent = rows[0]["parent"]
         if tracker is not None and parent:

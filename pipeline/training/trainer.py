@@ -29,7 +29,6 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from pipeline.training import distributed
-from pipeline.training.evaluate import compute_metrics
 from pipeline.models import ModelConfig, build_model
 from pipeline.models.heads import TargetHistory, TaskHead
 from pipeline.graph.sampling import make_loader
@@ -136,7 +135,7 @@ def build_predictor(config: TrainConfig, feature_meta: dict, metadata, task: Tas
     encoder = build_model(config.model, feature_meta, metadata, task.entity_table, model_cfg)
     head = TaskHead(task.type, config.hidden, num_classes=num_classes, num_targets=num_targets)
     history = None
-    if task.type == "link_prediction":
+    if task.kind.ranks_targets:
         paths = [et for et in metadata[1] if et[0] == task.target_table]
         history = TargetHistory(task.target_table, paths, task.entity_table) if paths else None
     return Predictor(encoder, head, history)
@@ -188,27 +187,20 @@ class Trainer:
             self.progress, self.log = False, lambda msg: None
         self.checkpoint_dir = Path(checkpoint_dir)
         self.feature_meta = feature_meta
-        self.num_targets = (self.data[task.target_table].num_nodes
-                            if task.type == "link_prediction" else None)
-        self.num_classes = None
-        if task.type == "multiclass_classification":
-            self.num_classes = task.num_classes or int(splits["train"].label.max()) + 1
+        self.num_targets = self.data[task.target_table].num_nodes if task.kind.ranks_targets else None
+        self.num_classes = task.kind.num_classes(task, splits["train"].label)
         torch.manual_seed(config.seed)
         self.model = build_predictor(config, feature_meta, self.data.metadata(), task,
                                      self.num_targets, self.num_classes).to(self.device)
-        if task.type == "link_prediction":
+        if task.kind.ranks_targets:
             # popular targets start ahead (train labels only)
             self.model.head.set_target_prior(torch.bincount(splits["train"].target_ids,
                                                             minlength=self.num_targets),
                                              len(splits["train"]))
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr,
                                            weight_decay=config.weight_decay)
-        # Regression targets are standardized with train statistics for a stable loss.
-        if task.type == "regression":
-            y = splits["train"].label
-            self.y_mean, self.y_std = float(y.mean()), float(y.std().clamp_min(1e-6))
-        else:
-            self.y_mean, self.y_std = 0.0, 1.0
+        self.y_mean, self.y_std = (task.kind.label_scale(splits["train"].label)
+                                   if splits["train"].label is not None else (0.0, 1.0))
         # The module that takes training steps: under DDP a wrapper around the same
         # parameters, which averages their gradients over the ranks in backward(). Some
         # parameters take no part in a step (the last layer's updates of node types other
@@ -232,18 +224,12 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
 
     def _loss(self, out: torch.Tensor, ex: Examples, idx: torch.Tensor) -> torch.Tensor:
-        out = out.float()
-        if self.task.type == "binary_classification":
-            return nn.functional.binary_cross_entropy_with_logits(out, ex.label[idx].to(out.device))
-        if self.task.type == "multiclass_classification":
-            return nn.functional.cross_entropy(out, ex.label[idx].to(out.device))
-        if self.task.type == "regression":
-            y = (ex.label[idx].to(out.device) - self.y_mean) / self.y_std
-            if self.task.metric == "mae":
-                return nn.functional.l1_loss(out, y)
-            return nn.functional.mse_loss(out, y)
-        target = _link_targets(ex, idx.cpu(), self.num_targets).to(out.device)
-        return nn.functional.binary_cross_entropy_with_logits(out, target)
+        out, kind = out.float(), self.task.kind
+        if kind.ranks_targets:
+            y = _link_targets(ex, idx.cpu(), self.num_targets).to(out.device)
+        else:
+            y = kind.scale_labels(ex.label[idx].to(out.device), self.y_mean, self.y_std)
+        return kind.loss(out, y, self.task.metric)
 
     # -- epochs ---------------------------------------------------------------
     def _step(self, batch, ex: Examples, idx: torch.Tensor, weight: float = 1.0) -> float:
@@ -323,14 +309,12 @@ class Trainer:
                               self.config, self.device, self.y_mean, self.y_std)
 
     def truth(self, ex: Examples):
-        if self.task.type == "link_prediction":
-            return link_truth(ex)
-        return ex.label.numpy()
+        return link_truth(ex) if self.task.kind.ranks_targets else ex.label.numpy()
 
     def evaluate(self, split: str) -> tuple[dict[str, float], np.ndarray]:
         ex = self.splits[split]
         scores = self.predict(ex)
-        return compute_metrics(self.task.type, self.truth(ex), scores), scores
+        return self.task.kind.compute_metrics(self.truth(ex), scores), scores
 
     def _better(self, new: float, best: float | None) -> bool:
         if best is None or (isinstance(best, float) and math.isnan(best)):
@@ -443,13 +427,7 @@ def predict_scores(model: nn.Module, data, task: TaskSpec, ex: Examples, config:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             outs.append(model(batch).float().cpu())
     out = torch.cat(outs) if outs else torch.empty(0)
-    if task.type == "binary_classification":
-        out = torch.sigmoid(out)
-    elif task.type == "multiclass_classification":
-        out = torch.softmax(out, -1)
-    elif task.type == "regression":
-        out = out * y_std + y_mean
-    return out.numpy()
+    return task.kind.to_scores(out, y_mean, y_std).numpy()
 
 
 def load_predictor(checkpoint: str | Path, feature_meta: dict, metadata, task: TaskSpec,
