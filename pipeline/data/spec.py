@@ -34,8 +34,21 @@ _TABLE_KEYS = {
 _TASK_KEYS = {
     "type", "entity_table", "target_table", "label_sql", "entity_sql", "horizon",
     "val_cutoff", "test_cutoff", "metric", "num_train_cutoffs", "num_classes",
+    "num_eval_windows", "test_context", "on_future_entity", "label_database",
+    "remove_columns", "relbench",
 }
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_RELBENCH_KEYS = {
+    "task_type", "time_col", "entity_col", "target_col", "dst_entity_col", "eval_k",
+    "label_files", "dataset", "manifest",
+}
+# Dataset names become directory names and MLflow experiment parts: RelBench's `rel-f1`
+# is fine, a slash or a leading dot is not.
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+_SAFE = re.compile(r"[^A-Za-z0-9_]", flags=re.ASCII)
+TEST_CONTEXTS = ("frozen", "rolling")
+FUTURE_ENTITY_POLICIES = ("fail", "drop", "withhold")
+LABEL_DATABASES = ("full", "per_split")
+SPLIT_NAMES = ("train", "val", "test")
 
 
 class SpecError(ValueError):
@@ -45,6 +58,38 @@ class SpecError(ValueError):
 def _suggest(name: str, choices) -> str:
     close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=0.6)
     return f"; did you mean {close[0]}?" if close else ""
+
+
+def safe_name(name: str, others=()) -> str:
+    """`name` with every character outside [A-Za-z0-9_] replaced by `_` (`rel-f1` ->
+    `rel_f1`), for places such as Dagster asset keys that accept nothing else.
+
+    The mapping is one-to-one only within a set of names: pass the dataset's other names as
+    `others` and a different name with the same safe form raises SpecError naming both.
+    `check_safe_names` does that for a whole spec (parse_spec calls it).
+    """
+    safe = _SAFE.sub("_", str(name))
+    for other in others:
+        if str(other) != str(name) and _SAFE.sub("_", str(other)) == safe:
+            raise SpecError(f"names '{name}' and '{other}' both become '{safe}' where only "
+                            "letters, digits and _ are allowed (Dagster asset keys); rename one")
+    return safe
+
+
+def check_safe_names(names, where: str = "spec") -> dict[str, str]:
+    """{name: safe_name(name)} for the names of one dataset (tables and tasks); SpecError
+    when two different names share a safe form."""
+    by_safe: dict[str, str] = {}
+    out = {}
+    for name in names:
+        safe = _SAFE.sub("_", str(name))
+        first = by_safe.setdefault(safe, str(name))
+        if first != str(name):
+            raise SpecError(f"{where}: names '{first}' and '{name}' both become '{safe}' where "
+                            "only letters, digits and _ are allowed (Dagster asset keys); "
+                            "rename one")
+        out[str(name)] = safe
+    return out
 
 
 def _check_keys(where: str, given: dict, allowed: set[str]) -> None:
@@ -108,7 +153,74 @@ class SourceSpec:
 
 
 @dataclass(frozen=True)
+class RelBenchTask:
+    """A task whose label SQL and label files are in RelBench 3's form.
+
+    The SQL reads `timestamps(timestamp)` (the split's cutoffs) instead of `cutoffs`, has
+    `{timedelta}` replaced by the horizon as pandas writes it ('30 days 00:00:00'), and
+    returns `time_col`, `entity_col` and `target_col` (recommendation: `time_col`,
+    `entity_col` = the source entity column, and `dst_entity_col`, a LIST of destination
+    keys). `label_files` maps a split to a parquet file of hosted labels in the same
+    columns; a split with a file takes its labels from it, exactly as relbench does.
+    `task_type` is RelBench's spelling (`recommendation` for relgraph's link_prediction),
+    `dataset` the manifest's name and `manifest` the task manifest's path (for messages
+    and prediction files).
+    """
+
+    task_type: str
+    time_col: str
+    entity_col: str
+    target_col: str | None = None
+    dst_entity_col: str | None = None
+    eval_k: int | None = None
+    label_files: dict[str, str] = field(default_factory=dict)
+    dataset: str | None = None
+    manifest: str | None = None
+
+    def sql(self, sql: str, horizon: timedelta) -> str:
+        """The task SQL as relbench runs it: `{timedelta}` replaced textually."""
+        return sql.replace("{timedelta}", pandas_timedelta(horizon))
+
+
+def pandas_timedelta(delta: timedelta) -> str:
+    """`str(pd.Timedelta(delta))` without pandas: '30 days 00:00:00', '0 days 12:00:00',
+    '1 days 00:00:00.500000'."""
+    micros = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+    sign = "-" if micros < 0 else ""
+    days, rest = divmod(abs(micros), 86_400_000_000)
+    if sign:  # pandas writes -1 days +23:00:00 for minus one hour
+        days, rest = -(days + (1 if rest else 0)), (86_400_000_000 - rest) % 86_400_000_000
+    secs, frac = divmod(rest, 1_000_000)
+    h, m, sec = secs // 3600, secs % 3600 // 60, secs % 60
+    clock = f"{h:02d}:{m:02d}:{sec:02d}" + (f".{frac:06d}" if frac else "")
+    return f"{days} days {'+' if sign else ''}{clock}"
+
+
+@dataclass(frozen=True)
 class TaskSpec:
+    """One predictive task. The split options (defaults keep relgraph's own rules):
+
+    num_train_cutoffs  K, or "all": val_cutoff - k * horizon, k = 1, 2, ... while the
+                       cutoff is at or after the earliest row (RelBench's rule)
+    num_eval_windows   N: validation windows start at val_cutoff and step by the horizon,
+                       at most N, the last starting no later than test_cutoff - horizon;
+                       test windows start at test_cutoff, at most N, the last ending at or
+                       before the newest row (one window, as before, when N is 1)
+    test_context       frozen | rolling: which rows a test example's features may see
+                       (stored and validated here; the graph side applies it)
+    on_future_entity   fail | drop | withhold: an example whose entity row is created
+                       after the example's cutoff stops the task, is dropped, or is kept
+                       (and its entity's own columns hidden from it by the graph side)
+    label_database     full | per_split: which database the label SQL sees. per_split is
+                       RelBench's rule: train and validation labels on the tables cut at
+                       test_cutoff (foreign keys into removed rows NULL), test labels on
+                       the full tables, and in every split examples whose entity is not in
+                       the entity table as cut at test_cutoff dropped (link prediction:
+                       targets not in the cut target table pruned)
+    remove_columns     (table, column) pairs hidden from this task's features
+    relbench           the SQL and label files are in RelBench's form (RelBenchTask)
+    """
+
     name: str
     type: str
     entity_table: str
@@ -119,8 +231,22 @@ class TaskSpec:
     metric: str
     entity_sql: str | None = None
     target_table: str | None = None
-    num_train_cutoffs: int = 6
+    num_train_cutoffs: int | str = 6
     num_classes: int | None = None
+    num_eval_windows: int = 1
+    test_context: str = "frozen"
+    on_future_entity: str = "fail"
+    label_database: str = "full"
+    remove_columns: tuple[tuple[str, str], ...] = ()
+    relbench: RelBenchTask | None = None
+
+    def __post_init__(self):
+        # Rebuilt from plain data (asdict / JSON, as the training workers do): nested
+        # lists and dicts back to the types above.
+        if isinstance(self.relbench, dict):
+            object.__setattr__(self, "relbench", RelBenchTask(**self.relbench))
+        object.__setattr__(self, "remove_columns",
+                           tuple((str(t), str(c)) for t, c in self.remove_columns))
 
     @property
     def kind(self) -> TaskKind:
@@ -139,6 +265,9 @@ class DatasetSpec:
     tables: dict[str, TableSpec]
     tasks: dict[str, TaskSpec]
     path: Path | None = None
+    # Tasks the source defines but relgraph does not train, with the reason in one line
+    # (a RelBench folder's autocomplete and external tasks).
+    refused_tasks: dict[str, str] = field(default_factory=dict)
 
     def where(self) -> str:
         return str(self.path) if self.path else self.name
@@ -149,6 +278,9 @@ class DatasetSpec:
         return self.tables[name]
 
     def task(self, name: str) -> TaskSpec:
+        if name in self.refused_tasks:
+            raise SpecError(f"{self.where()}: task '{name}' is not trained by relgraph: "
+                            f"{self.refused_tasks[name]}")
         if name not in self.tasks:
             raise SpecError(f"{self.where()}: no task '{name}'{_suggest(name, self.tasks)}")
         return self.tasks[name]
@@ -195,6 +327,12 @@ class DatasetSpec:
             for col in dict.fromkeys(named):
                 if col not in have:
                     problems.append(f"{t.name}.{col}: no such column{_suggest(col, have)}")
+        for task in self.tasks.values():
+            for table, col in task.remove_columns:
+                have = columns.get(table)
+                if have is not None and col not in have:
+                    problems.append(f"task {task.name}.remove_columns: {table}.{col}: no such "
+                                    f"column{_suggest(col, have)}")
         if problems:
             raise SpecError(f"{self.where()}: " + "\n  ".join(problems))
 
@@ -262,6 +400,70 @@ def _policy(value, allowed, where: str, default: str) -> str:
     return value
 
 
+def _positive(value, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise SpecError(f"{where}: expected a whole number of at least 1, got {value!r}")
+    return value
+
+
+def _train_cutoffs(value, where: str) -> int | str:
+    if value == "all":
+        return "all"
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise SpecError(f"{where}.num_train_cutoffs: expected a whole number of at least 1 "
+                        f"or 'all', got {value!r}")
+    return value
+
+
+def _remove_columns(raw, tables: dict[str, TableSpec], where: str) -> tuple[tuple[str, str], ...]:
+    """[[table, column], ...] or ["table.column", ...]; tables are checked here, columns
+    by `DatasetSpec.check_columns` once the source is known."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise SpecError(f"{where}.remove_columns: expected a list of [table, column] pairs")
+    out = []
+    for item in raw:
+        if isinstance(item, str) and "." in item:
+            item = item.split(".", 1)
+        if not (isinstance(item, (list, tuple)) and len(item) == 2):
+            raise SpecError(f"{where}.remove_columns: expected [table, column], got {item!r}")
+        table, col = str(item[0]), str(item[1])
+        if table not in tables:
+            raise SpecError(f"{where}.remove_columns: no table '{table}'{_suggest(table, tables)}")
+        out.append((table, col))
+    return tuple(out)
+
+
+def _relbench_form(raw, ttype: str, where: str) -> RelBenchTask | None:
+    if raw is None:
+        return None
+    w = f"{where}.relbench"
+    if not isinstance(raw, dict):
+        raise SpecError(f"{w}: expected a mapping with time_col, entity_col and target_col "
+                        "(or dst_entity_col)")
+    _check_keys(w, raw, _RELBENCH_KEYS)
+    ranks = TASK_KINDS[ttype].ranks_targets
+    need = ["time_col", "entity_col", "dst_entity_col" if ranks else "target_col"]
+    for key in need:
+        if not raw.get(key):
+            raise SpecError(f"{w}: missing required key '{key}'")
+    files = raw.get("label_files") or {}
+    if not isinstance(files, dict) or any(s not in SPLIT_NAMES for s in files):
+        raise SpecError(f"{w}.label_files: expected a mapping of train, val and/or test to "
+                        "parquet files")
+    default_type = "recommendation" if ranks else ttype
+    return RelBenchTask(
+        task_type=str(raw.get("task_type") or default_type), time_col=str(raw["time_col"]),
+        entity_col=str(raw["entity_col"]),
+        target_col=str(raw["target_col"]) if raw.get("target_col") else None,
+        dst_entity_col=str(raw["dst_entity_col"]) if raw.get("dst_entity_col") else None,
+        eval_k=int(raw["eval_k"]) if raw.get("eval_k") else None,
+        label_files={str(k): str(v) for k, v in files.items()},
+        dataset=str(raw["dataset"]) if raw.get("dataset") else None,
+        manifest=str(raw["manifest"]) if raw.get("manifest") else None)
+
+
 def parse_spec(raw: Any, path: Path | None = None) -> DatasetSpec:
     """Build and validate a DatasetSpec from the parsed YAML document."""
     where = str(path) if path else "spec"
@@ -273,7 +475,8 @@ def parse_spec(raw: Any, path: Path | None = None) -> DatasetSpec:
             raise SpecError(f"{where}: missing required key '{key}'")
     name = str(raw["name"])
     if not _NAME.match(name):
-        raise SpecError(f"{where}: dataset name '{name}' must be letters, digits and _")
+        raise SpecError(f"{where}: dataset name '{name}' must be letters, digits, _, - and . "
+                        "(not starting with - or .)")
 
     src = raw["source"]
     if not isinstance(src, dict) or "kind" not in src:
@@ -394,18 +597,35 @@ def parse_spec(raw: Any, path: Path | None = None) -> DatasetSpec:
             horizon=horizon, val_cutoff=str(kraw["val_cutoff"]),
             test_cutoff=str(kraw["test_cutoff"]), metric=metric,
             entity_sql=kraw.get("entity_sql"), target_table=target,
-            num_train_cutoffs=int(kraw.get("num_train_cutoffs", 6)),
+            num_train_cutoffs=_train_cutoffs(kraw.get("num_train_cutoffs", 6), w),
             num_classes=int(kraw["num_classes"]) if kraw.get("num_classes") else None,
+            num_eval_windows=_positive(kraw.get("num_eval_windows", 1), f"{w}.num_eval_windows"),
+            test_context=_policy(kraw.get("test_context"), TEST_CONTEXTS,
+                                 f"{w}.test_context", "frozen"),
+            on_future_entity=_policy(kraw.get("on_future_entity"), FUTURE_ENTITY_POLICIES,
+                                     f"{w}.on_future_entity", "fail"),
+            label_database=_policy(kraw.get("label_database"), LABEL_DATABASES,
+                                   f"{w}.label_database", "full"),
+            remove_columns=_remove_columns(kraw.get("remove_columns"), tables, w),
+            relbench=_relbench_form(kraw.get("relbench"), ttype, w),
         )
 
+    check_safe_names([*tables, *tasks], where)
     spec = DatasetSpec(name=name, source=source, tables=tables, tasks=tasks, path=path)
     spec.extract_order()  # fail early on foreign-key cycles
     return spec
 
 
 def load_spec(path: str | Path) -> DatasetSpec:
-    """Read and validate a dataset spec file."""
+    """Read and validate a dataset spec file, or a RelBench 3 folder (a directory holding
+    `manifest.yaml`; see pipeline/data/relbench_folder.py)."""
     path = Path(path)
+    if path.is_dir():
+        from pipeline.data.relbench_folder import is_relbench_folder, spec_from_relbench_folder
+        if is_relbench_folder(path):
+            return spec_from_relbench_folder(path)
+        raise SpecError(f"{path}: a directory, but not a RelBench folder (no manifest.yaml); "
+                        "give a dataset spec file (.yaml) or a RelBench 3 folder")
     if not path.exists():
         raise SpecError(f"{path}: no such dataset spec file")
     try:
