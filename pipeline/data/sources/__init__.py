@@ -160,8 +160,11 @@ def scrub(text: str, secret: str | None) -> str:
 
 
 def uri_env_name(spec: DatasetSpec) -> str:
-    """The environment variable that overrides a server source's `uri`: RELGRAPH_<NAME>_URI."""
-    return f"RELGRAPH_{spec.name.upper()}_URI"
+    """The environment variable that overrides a server source's `uri`: RELGRAPH_<NAME>_URI
+    (the name upper-cased, characters outside [A-Za-z0-9_] as `_`)."""
+    from pipeline.data.spec import safe_name
+
+    return f"RELGRAPH_{safe_name(spec.name).upper()}_URI"
 
 
 def server_password(spec: DatasetSpec) -> str | None:
