@@ -22,6 +22,7 @@ import shutil
 import warnings
 from dataclasses import asdict
 from datetime import timedelta
+from pathlib import Path
 
 import duckdb
 import pandas as pd
@@ -35,7 +36,8 @@ from relbench_folders import (  # noqa: E402
 )
 
 from pipeline.data.relbench_folder import (  # noqa: E402
-    RelBenchManifestWarning, is_relbench_folder, relbench_spec_yaml, spec_from_relbench_folder,
+    RelBenchManifestWarning, export_relbench, is_relbench_folder, relbench_spec_yaml,
+    spec_from_relbench_folder,
 )
 from pipeline.data.sources import open_source  # noqa: E402
 from pipeline.data.spec import SpecError, TaskSpec, load_spec, safe_name  # noqa: E402
@@ -43,6 +45,7 @@ from pipeline.data.tasks import TaskError, build_task_table, task_cutoffs  # noq
 from pipeline.data.warehouse import extract_table  # noqa: E402
 
 SPLITS = ("train", "val", "test")
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _warehouse(spec, data_dir):
@@ -102,6 +105,18 @@ def _theirs(df: pd.DataFrame, task) -> list[tuple]:
                   in df[[rb.time_col, rb.entity_col, rb.target_col]].itertuples(index=False))
 
 
+def _assert_same(ours, expected, link: bool, split: str) -> None:
+    """Same (entity, timestamp) keys in the same order, same labels (floats to 1e-12:
+    DuckDB's parallel sums may add in another order)."""
+    assert len(ours) == len(expected) > 0, (split, len(ours), len(expected))
+    assert [r[:2] for r in ours] == [r[:2] for r in expected], split
+    if link:
+        assert ours == expected, split
+    else:
+        assert [r[2] for r in ours] == pytest.approx([r[2] for r in expected], rel=1e-12,
+                                                     abs=1e-12), split
+
+
 @pytest.mark.parametrize("folder,name", TASKS)
 def test_label_tables_equal_relbench_row_for_row(built, folder, name):
     path, spec, con, summaries = built[folder]
@@ -110,14 +125,8 @@ def test_label_tables_equal_relbench_row_for_row(built, folder, name):
     nulls = next((r["by_split"] for r in summaries[name]["repairs"]
                   if r["kind"] == "null_entity"), {})
     for split in SPLITS:
-        ours, expected = _ours(con, spec, task, split), _theirs(theirs[split], task)
-        assert len(ours) == len(expected) > 0, (split, len(ours), len(expected))
-        assert [r[:2] for r in ours] == [r[:2] for r in expected], split  # keys
-        if task.kind.ranks_targets:
-            assert ours == expected, split
-        else:
-            assert [r[2] for r in ours] == pytest.approx([r[2] for r in expected], rel=1e-12,
-                                                         abs=1e-12), split
+        _assert_same(_ours(con, spec, task, split), _theirs(theirs[split], task),
+                     task.kind.ranks_targets, split)
         kept_null = int(theirs[split][task.relbench.entity_col].isna().sum())
         assert nulls.get(split, 0) == kept_null, split
 
@@ -226,6 +235,54 @@ def test_keys_need_not_be_relbench_row_numbers(built, tmp_path):
     for split in SPLITS:
         shifted = [(e - 1000, c, y) for e, c, y in _ours(con, spec, task, split)]
         assert shifted == _ours(orig_con, orig_spec, orig_spec.tasks["customer-churn"], split)
+
+
+def test_export_relbench_round_trip(tmp_path):
+    """The synthetic shop exported as a RelBench folder: relbench loads it, relgraph run on
+    the folder gives relbench's label tables, and those are relgraph's own labels of the
+    original spec under RelBench's options (keys renumbered 0..n-1 in time order = the
+    warehouse's __id)."""
+    spec = load_spec(REPO / "datasets" / "ecommerce.yaml")
+    spec = dataclasses.replace(spec, source=dataclasses.replace(spec.source, scale=1000))
+    con = _warehouse(spec, tmp_path)
+    report = export_relbench(spec, con, tmp_path / "ecommerce")
+    assert report["tasks"] == list(spec.tasks) and not report["refused"]
+    assert "val_timestamp moved" in report["notes"][0]  # val + horizon == test: no row there
+    folder = tmp_path / "ecommerce"
+    back = _load(folder)
+    assert back.tasks["customer_churn"].remove_columns == (
+        ("products", "avg_rating"), ("products", "review_count"), ("orders", "status"))
+    con2 = _warehouse(back, tmp_path)
+    for name, task in back.tasks.items():
+        build_task_table(con2, back, task)
+        theirs = relbench_tables(folder, name)
+        original = dataclasses.replace(
+            spec.tasks[name], num_train_cutoffs="all", label_database="per_split",
+            on_future_entity="withhold", val_cutoff=report["val_timestamp"].isoformat(),
+            test_cutoff=report["test_timestamp"].isoformat())
+        build_task_table(con, spec, original)
+        for split in SPLITS:
+            ours = _ours(con2, back, task, split)
+            _assert_same(ours, _theirs(theirs[split], task), task.kind.ranks_targets, split)
+            if task.kind.ranks_targets:
+                rows = con.execute(f"SELECT __entity_id, cutoff, list(__target_id ORDER BY "
+                                   f"__target_id) FROM task_{name} WHERE split = ? GROUP BY ALL",
+                                   [split]).fetchall()
+                before = sorted((e, pd.Timestamp(c), tuple(t)) for e, c, t in rows)
+            else:
+                rows = con.execute(f"SELECT __entity_id, cutoff, label FROM task_{name} "
+                                   "WHERE split = ?", [split]).fetchall()
+                before = sorted((e, pd.Timestamp(c), float(y)) for e, c, y in rows)
+            _assert_same(ours, before, task.kind.ranks_targets, split)
+    # what RelBench cannot express is refused with the reason
+    late = dataclasses.replace(spec.tasks["customer_ltv"], test_cutoff="latest - 20d")
+    report = export_relbench(dataclasses.replace(spec, tasks={**spec.tasks, "customer_ltv": late}),
+                             con, tmp_path / "other")
+    assert "one pair of split timestamps per dataset" in report["refused"]["customer_ltv"]
+    composite = dataclasses.replace(spec, tables={**spec.tables, "customers": dataclasses.replace(
+        spec.tables["customers"], primary_key=("customer_id", "signup_at"))})
+    with pytest.raises(SpecError, match="customers has a composite primary key"):
+        export_relbench(composite, con, tmp_path / "composite")
 
 
 # ------------------------------------------------------------------ bad input

@@ -42,11 +42,11 @@ from typing import Any
 
 import yaml
 
-from pipeline.data.spec import DatasetSpec, SpecError, parse_spec, safe_name
+from pipeline.data.spec import DatasetSpec, SpecError, pandas_timedelta, parse_spec, safe_name
 
 __all__ = [
     "MANIFEST", "RelBenchManifestWarning", "is_relbench_folder", "spec_from_relbench_folder",
-    "relbench_spec_dict", "relbench_spec_yaml", "safe_name",
+    "relbench_spec_dict", "relbench_spec_yaml", "export_relbench", "safe_name",
 ]
 
 MANIFEST = "manifest.yaml"
@@ -365,3 +365,171 @@ def relbench_spec_yaml(path: str | Path) -> str:
     for task, reason in refused.items():
         head += f"# task {task} left out: {reason}\n"
     return head + text
+
+
+# ------------------------------------------------------------------------------ writing
+
+
+def _relbench_sql(spec: DatasetSpec, task) -> tuple[str, dict]:
+    """A relgraph task's label SQL in RelBench's form, and the task manifest's columns.
+
+    relgraph's SQL reads `cutoffs(cutoff, window_end)` and returns the entity key, `cutoff`
+    and `label` (link prediction: one row per target key); RelBench's reads
+    `timestamps(timestamp)` and returns `timestamp`, the entity column and the target (a
+    LIST of destination keys). The original runs unchanged inside."""
+    from pipeline.data.sqlutil import q
+
+    pk = spec.tables[task.entity_table].primary_key[0]
+    inner = task.label_sql.strip().rstrip(";")
+    head = ("WITH cutoffs AS (SELECT t.\"timestamp\" AS cutoff, "
+            "t.\"timestamp\" + INTERVAL '{timedelta}' AS window_end FROM timestamps t)\n")
+    if task.kind.ranks_targets:
+        tkey = spec.tables[task.target_table].primary_key[0]
+        dst = tkey if tkey != pk else f"dst_{tkey}"
+        sql = (f"{head}SELECT s.cutoff AS \"timestamp\", s.{q(pk)} AS {q(pk)}, "
+               f"LIST(DISTINCT s.{q(tkey)} ORDER BY s.{q(tkey)}) AS {q(dst)}\n"
+               f"FROM (\n{inner}\n) s\nWHERE s.{q(tkey)} IS NOT NULL\nGROUP BY s.cutoff, s.{q(pk)}\n")
+        cols = {"task_type": "recommendation", "src_entity_table": task.entity_table,
+                "src_entity_col": pk, "dst_entity_table": task.target_table,
+                "dst_entity_col": dst, "time_col": "timestamp", "eval_k": 10}
+    else:
+        sql = (f"{head}SELECT s.cutoff AS \"timestamp\", s.{q(pk)} AS {q(pk)}, s.label AS label\n"
+               f"FROM (\n{inner}\n) s\n")
+        cols = {"task_type": task.type, "entity_table": task.entity_table, "entity_col": pk,
+                "target_col": "label", "time_col": "timestamp"}
+    return sql, cols
+
+
+def export_relbench(spec: DatasetSpec, con, out_dir: str | Path) -> dict:
+    """Write a relgraph dataset (its warehouse, `con`) and its tasks as a RelBench 3 folder.
+
+    Keys are normalised as RelBench requires: rows of timed tables sorted by time, primary
+    keys 0..n-1 in row order (the warehouse's `__id`), foreign keys rewritten to them
+    (NULL for an orphan). Each task's SQL is wrapped into RelBench's form (`timestamps`,
+    `{timedelta}`, a LIST of destinations for link prediction); the spec's ignore_columns
+    and the task's remove_columns become its `remove_columns`. RelBench has one pair of
+    split timestamps per dataset: the first task's; a task with other cutoffs, a link
+    prediction task with several windows, or one whose SQL reads a column RelBench would
+    remove before running it, is left out with the reason. Composite keys, which RelBench
+    cannot express, refuse the whole export.
+
+    relbench also refuses a dataset whose first validation window ends after the newest row
+    before test_timestamp; relgraph's usual `val_cutoff = test_cutoff - horizon` does unless
+    a row sits exactly at the test cutoff, so val_timestamp is then moved back to that row's
+    time minus the longest horizon (said in `notes`).
+
+    Returns {"folder", "tables": {table: rows}, "tasks": [...], "refused": {task: reason},
+    "val_timestamp", "test_timestamp", "notes": [...]}.
+    """
+    import re
+
+    from pipeline.data.sqlutil import q
+    from pipeline.data.tasks import task_cutoffs
+    from pipeline.data.warehouse import FK_PREFIX, ID
+
+    out = Path(out_dir)
+    where = spec.where()
+    for t in spec.tables.values():
+        if len(t.primary_key) > 1:
+            raise SpecError(f"{where}: table {t.name} has a composite primary key "
+                            f"({', '.join(t.primary_key)}); RelBench keys are single columns, so "
+                            "the dataset cannot be exported")
+        for fk in t.foreign_keys:
+            if len(fk.columns) > 1:
+                raise SpecError(f"{where}: {t.name}.{fk.name} is a composite foreign key; "
+                                "RelBench keys are single columns, so the dataset cannot be exported")
+        if "/" in t.name or t.name.startswith("."):
+            raise SpecError(f"{where}: table name '{t.name}' cannot be a file name db/<table>.parquet")
+
+    tasks, refused = [], {}
+    stamps = None
+    for task in spec.tasks.values():
+        cuts = task_cutoffs(con, spec, task)
+        if stamps is None:
+            stamps = (cuts.val, cuts.test)
+        if (cuts.val, cuts.test) != stamps:
+            refused[task.name] = (f"its cutoffs ({cuts.val}, {cuts.test}) differ from the "
+                                  f"dataset's ({stamps[0]}, {stamps[1]}); RelBench has one "
+                                  "pair of split timestamps per dataset")
+            continue
+        if task.kind.ranks_targets and task.num_eval_windows != 1:
+            refused[task.name] = "RelBench allows recommendation tasks only one evaluation window"
+            continue
+        removed = [(t.name, c) for t in spec.tables.values() for c in t.ignore_columns]
+        removed += [rc for rc in task.remove_columns if rc not in removed]
+        read = [f"{t}.{c}" for t, c in removed
+                if re.search(rf"(?<![\w\"]){re.escape(c)}(?![\w\"])|\"{re.escape(c)}\"", task.label_sql)]
+        if read:
+            refused[task.name] = (f"its SQL reads {', '.join(read)}, which RelBench removes "
+                                  "before running the SQL (ignore_columns / remove_columns)")
+            continue
+        tasks.append((task, removed))
+    from pipeline.data.tasks import time_bounds
+
+    latest = time_bounds(con, spec)[1]
+    if stamps is None:  # no task: nothing to split by, RelBench-like defaults
+        stamps = (latest - timedelta(days=60), latest - timedelta(days=30))
+    notes = []
+    if tasks:
+        # relbench refuses a dataset whose first validation window ends after the newest
+        # row before test_timestamp (task_base.py:205-210), which relgraph's usual
+        # val_cutoff = test_cutoff - horizon hits unless a row sits exactly at the test
+        # cutoff: move val_timestamp back to that row's time minus the longest horizon
+        longest = max(task.horizon for task, _ in tasks)
+        cut_latest = time_bounds(con, spec, upto=stamps[1])[1]
+        if stamps[0] + longest > cut_latest:
+            moved = cut_latest - longest
+            notes.append(f"val_timestamp moved from {stamps[0]} to {moved}: RelBench needs the "
+                         f"first validation window to end at or before the newest row before "
+                         f"test_timestamp ({cut_latest})")
+            stamps = (moved, stamps[1])
+        if stamps[1] + longest > latest:
+            raise SpecError(f"{where}: the first test window ({stamps[1]}, {stamps[1] + longest}] "
+                            f"ends after the newest row ({latest}); RelBench refuses such a "
+                            "dataset, so it cannot be exported (move test_cutoff earlier)")
+
+    (out / "db").mkdir(parents=True, exist_ok=True)
+    db = con.execute("SELECT current_database()").fetchall()[0][0]
+    counts = {}
+    manifest_tables = {}
+    for t in spec.tables.values():
+        rel = f"{q(db)}.main.{q(t.name)}"
+        fk_of = {fk.columns[0]: fk for fk in t.foreign_keys}
+        internal = {ID} | {FK_PREFIX + fk.name for fk in t.foreign_keys}
+        cols = [r[0] for r in con.execute(f"DESCRIBE {rel}").fetchall() if r[0] not in internal]
+        select = []
+        for c in cols:
+            if t.primary_key and c == t.primary_key[0]:
+                select.append(f"{q(ID)} AS {q(c)}")
+            elif c in fk_of:
+                select.append(f"{q(FK_PREFIX + fk_of[c].name)} AS {q(c)}")
+            else:
+                select.append(q(c))
+        target = out / "db" / f"{t.name}.parquet"
+        con.execute(f"COPY (SELECT {', '.join(select)} FROM {rel} ORDER BY {q(ID)}) "
+                    f"TO '{str(target).replace(chr(39), chr(39) * 2)}' (FORMAT parquet)")
+        counts[t.name] = con.execute(f"SELECT count(*) FROM {rel}").fetchall()[0][0]
+        manifest_tables[t.name] = {
+            "pkey": t.primary_key[0] if t.primary_key else None, "time_col": t.time_column,
+            "fkeys": {fk.columns[0]: fk.references for fk in t.foreign_keys}}
+    manifest = {"name": spec.name, "manifest_version": 1,
+                "description": f"{spec.name}, exported by relgraph from {where}",
+                "val_timestamp": str(stamps[0]), "test_timestamp": str(stamps[1]),
+                "tables": manifest_tables}
+    (out / MANIFEST).write_text(yaml.dump(manifest, Dumper=_Dumper, sort_keys=False, width=4096))
+
+    written = []
+    for task, removed in tasks:
+        sql, cols = _relbench_sql(spec, task)
+        doc = {"name": task.name, "kind": "forecast", **cols,
+               "description": f"relgraph task {task.name} ({task.type})",
+               "timedelta": pandas_timedelta(task.horizon),
+               "num_eval_timestamps": task.num_eval_windows,
+               **({"remove_columns": [list(rc) for rc in removed]} if removed else {}),
+               "manifest_version": 1, "sql": sql}
+        task_dir = out / "tasks" / task.name
+        task_dir.mkdir(parents=True, exist_ok=True)
+        (task_dir / MANIFEST).write_text(yaml.dump(doc, Dumper=_Dumper, sort_keys=False, width=4096))
+        written.append(task.name)
+    return {"folder": str(out), "tables": counts, "tasks": written, "refused": refused,
+            "val_timestamp": stamps[0], "test_timestamp": stamps[1], "notes": notes}
