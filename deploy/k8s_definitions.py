@@ -8,7 +8,10 @@ of dagster-k8s, configured so that
   one GPU: `per_step_k8s_config[<op name>]` = `GPU_STEP_CONFIG`; the LightGBM baselines
   (pool `gpu` too, so that they queue with the rest of training) and every other step
   run on CPU nodes;
-- every other step gets the CPU and memory of `STEP_RESOURCES`.
+- every other step gets the CPU and memory of `STEP_RESOURCES`;
+- the warehouse is `PublishedWarehouse` (deploy/warehouse.py): the steps of the pool
+  `warehouse` write a working copy and publish snapshots, every other step reads the newest
+  snapshot read-only, so that a training pod never meets a writing pod's lock.
 
 The GPU request is the same Kubernetes config the op tag `dagster-k8s/config` carries; an
 asset defined with `op_tags={"dagster-k8s/config": GPU_STEP_CONFIG}` gets it from the tag
@@ -21,6 +24,8 @@ import dagster as dg
 from dagster_k8s import k8s_job_executor
 
 from assets.definitions import build_definitions
+from deploy.warehouse import PublishedWarehouse
+from pipeline.paths import DataPaths
 
 # Kubernetes schedules a pod that sets a GPU limit onto a node with a free GPU (the NVIDIA
 # device plugin advertises `nvidia.com/gpu`); the toleration lets it onto GPU nodes that
@@ -66,10 +71,16 @@ def executor_config(defs: dg.Definitions) -> dict:
 
 
 def k8s_definitions(base: dg.Definitions | None = None) -> dg.Definitions:
-    """`base` (default: every dataset spec in $RELGRAPH_DATASETS) with the k8s executor."""
+    """`base` (default: every dataset spec in $RELGRAPH_DATASETS) with the k8s executor and
+    the published-snapshot warehouse."""
     base = base if base is not None else build_definitions(executor=None)
     executor = k8s_job_executor.configured(executor_config(base), name="relgraph_k8s")
-    return dg.Definitions.merge(base, dg.Definitions(executor=executor))
+    warehouse = PublishedWarehouse(database=str(DataPaths.from_env().warehouse))
+    return dg.Definitions(
+        assets=base.assets, asset_checks=base.asset_checks, jobs=base.jobs,
+        schedules=base.schedules, sensors=base.sensors, loggers=base.loggers,
+        metadata=base.metadata, resources={**(base.resources or {}), "duckdb": warehouse},
+        executor=executor)
 
 
 defs = k8s_definitions()
