@@ -159,19 +159,13 @@ def cmd_run(args) -> int:
 
 
 def run_models(arg: str | None) -> list[str]:
-    """The models `relgraph run --models ARG` trains: the default four without ARG, every
-    model for 'all', else the comma-separated names (each must exist)."""
-    from pipeline.training.experiment import ALL_MODELS, DEFAULT_MODELS
+    """The models `relgraph run --models ARG` trains (see `zoo.run_models`)."""
+    from pipeline.training.zoo import run_models as models_of
 
-    if not arg:
-        return list(DEFAULT_MODELS)
-    if arg.strip() == "all":
-        return list(ALL_MODELS)
-    models = [m.strip() for m in arg.split(",")]
-    unknown = [m for m in models if m not in ALL_MODELS]
-    if unknown:
-        raise SystemExit(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(ALL_MODELS)}")
-    return models
+    try:
+        return models_of(arg)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def _overrides(args) -> dict:
@@ -188,11 +182,8 @@ def _overrides(args) -> dict:
 
 def cmd_train(args) -> int:
     """Build what one model needs (warehouse, task table, graph) and train it, nothing more."""
-    from pipeline.training.experiment import ALL_MODELS
-
     spec, task = _spec_and_task(args)
-    if args.model not in ALL_MODELS:
-        raise SystemExit(f"unknown model {args.model}; choose from {', '.join(ALL_MODELS)}")
+    run_models(args.model)
     import dagster as dg
 
     keys = [[spec.name, t] for t in spec.tables] + [[spec.name, task.name], [spec.name, "graph"],
@@ -214,12 +205,10 @@ def cmd_tune(args) -> int:
     import dagster as dg
     import optuna
 
-    from pipeline.training.experiment import ALL_MODELS
     from pipeline.training.tune import summary, tune_dataset
 
     spec, task = _spec_and_task(args, "tune")
-    if args.model not in ALL_MODELS:
-        raise SystemExit(f"unknown model {args.model}; choose from {', '.join(ALL_MODELS)}")
+    run_models(args.model)
     if args.trials < 1:
         raise SystemExit(f"--trials must be at least 1, got {args.trials}")
     keys = [[spec.name, t] for t in spec.tables] + [[spec.name, task.name], [spec.name, "graph"]]

@@ -13,7 +13,7 @@ import dagster as dg
 
 from assets.checks import champion_gate_result, champion_gate_spec
 from assets.resources import ComputeResource, MLflowResource, PathsResource
-from pipeline.training.experiment import ALL_MODELS
+from pipeline.training.zoo import ALL_MODELS
 from pipeline.graph.build import prune_cache
 from pipeline.serving.registry import best_of_run, champion_gate, register_run, version_uri
 from pipeline.training.report import comparison

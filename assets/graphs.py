@@ -1,14 +1,30 @@
 """The graph asset: the warehouse as a heterogeneous graph, cached by content hash."""
 
+from pathlib import Path
 
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from assets.resources import PathsResource
-from pipeline.graph.build import build_graph, prune_cache
-from pipeline.graph.features import FeatureConfig
 from pipeline.data.spec import DatasetSpec
-from pipeline.data.tasks import encoder_fit_cutoff
+from pipeline.graph.build import GraphArtifact, load_graph, prune_cache
+from pipeline.graph.features import FeatureConfig
+from pipeline.paths import DataPaths
+from pipeline.training.prepare import Connect, task_graph
+
+
+def upstream_graph(context: dg.AssetExecutionContext, spec: DatasetSpec, connect: Connect,
+                   paths: DataPaths) -> GraphArtifact:
+    """The graph asset's output when it was materialized in this run (the path in its
+    metadata); otherwise, when a step runs without it, the graph that the warehouse gives
+    now (a cache hit when the graph asset built it from the same rows)."""
+    event = context.instance.get_latest_materialization_event(dg.AssetKey([spec.name, "graph"]))
+    if event is not None and event.run_id == context.run_id:
+        path = Path(event.asset_materialization.metadata["path"].value)
+        if path.exists():
+            return load_graph(path)
+    with connect() as con:
+        return task_graph(con, spec, FeatureConfig(), paths.graphs / spec.name)
 
 
 def graph_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
@@ -19,7 +35,7 @@ def graph_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
                paths: PathsResource) -> dg.MaterializeResult:
         p = paths.paths()
         with duckdb.get_connection() as con:
-            art = build_graph(con, spec, encoder_fit_cutoff(con, spec), FeatureConfig(), p.graphs / spec.name)
+            art = task_graph(con, spec, FeatureConfig(), p.graphs / spec.name)
         prune_cache(p.graphs / spec.name)
         s = art.stats
         table = ["| node type | nodes | features |", "|---|---|---|"]

@@ -8,15 +8,15 @@ model scores from its checkpoint instead, and the metadata says so.
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
+from assets.graphs import upstream_graph
 from assets.resources import ComputeResource, MLflowResource, PathsResource
-from pipeline.training.experiment import load_results
-from pipeline.graph.features import FeatureConfig
-from pipeline.graph.build import build_graph, prune_cache
+from pipeline.data.spec import DatasetSpec
+from pipeline.data.sqlutil import q, q_list
+from pipeline.graph.build import prune_cache
 from pipeline.serving.predict import model_scores, predictions_table, write_predictions
 from pipeline.serving.registry import CHAMPION, best_of_run, load_version, registered_name, version_uri
-from pipeline.data.spec import DatasetSpec
-from pipeline.data.tasks import encoder_fit_cutoff
-from pipeline.data.sqlutil import q, q_list
+from pipeline.training.experiment import load_results
+from pipeline.training.prepare import prepare_task
 
 
 def prediction_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition]:
@@ -53,11 +53,9 @@ def _prediction_asset(spec: DatasetSpec, task_name: str) -> dg.AssetsDefinition:
             context.log.warning("%s has no champion yet; scoring with this run's best model, %s",
                                 name, used)
             run = load_results(p, spec.name, task_name, context.run.run_id)[used]["runs"][0]
-            with duckdb.get_connection() as con:
-                graph = build_graph(con, spec, encoder_fit_cutoff(con, spec), FeatureConfig(),
-                                    p.graphs / spec.name)
-                scores = model_scores(con, spec, task, graph, used, run["checkpoint"],
-                                      device=compute.device)
+            prep = prepare_task(duckdb.get_connection, spec, task,
+                                graph=upstream_graph(context, spec, duckdb.get_connection, p))
+            scores = model_scores(prep, used, run["checkpoint"], device=compute.device)
             version = run.get("mlflow_run_id") or "local"
             source = "the run's best model (no champion)"
         with duckdb.get_connection() as con:

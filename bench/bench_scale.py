@@ -142,7 +142,8 @@ def _train(customers: int, work: str, graph_path: str) -> dict:
 
     from pipeline.graph.build import load_graph
     from pipeline.data.tasks import load_examples, task_cutoffs
-    from pipeline.training.trainer import TrainConfig, Trainer
+    from pipeline.training.trainer import TrainConfig
+    from pipeline.training.zoo import make_trainer
 
     spec = _spec(customers)
     task = spec.task(TASK)
@@ -153,7 +154,7 @@ def _train(customers: int, work: str, graph_path: str) -> dict:
     splits["val"], splits["test"] = (_head(splits[s], EVAL_EXAMPLES) for s in ("val", "test"))
     config = TrainConfig(model="sage", batch_size=BATCH, epochs=1, max_steps_per_epoch=TRAIN_STEPS)
     t0 = time.perf_counter()
-    trainer = Trainer(graph.truncate(cuts.test), graph.feature_meta, task, splits, config,
+    trainer = make_trainer(graph.truncate(cuts.test), graph.feature_meta, task, splits, config,
                       Path(work) / "checkpoints", progress=False)
     result = trainer.fit()
     fit_seconds = time.perf_counter() - t0
@@ -169,7 +170,9 @@ def _inference(customers: int, work: str, graph_path: str, checkpoint: str) -> d
 
     from pipeline.graph.build import load_graph
     from pipeline.data.tasks import load_examples
-    from pipeline.training.trainer import load_predictor, predict_scores, resolve_device
+    from pipeline.training.distributed import resolve_device
+    from pipeline.training.trainer import load_predictor, predict_scores
+    from pipeline.training.zoo import model_entry
 
     spec = _spec(customers)
     task = spec.task(TASK)
@@ -177,8 +180,9 @@ def _inference(customers: int, work: str, graph_path: str, checkpoint: str) -> d
     with duckdb.connect(str(Path(work) / "warehouse.duckdb"), read_only=True) as con:
         live = load_examples(con, task, "live")
     device = resolve_device("auto")
-    model, config, y_mean, y_std = load_predictor(checkpoint, graph.feature_meta,
-                                                  graph.data.metadata(), task, device)
+    model, config, y_mean, y_std = load_predictor(checkpoint, model_entry("sage").build,
+                                                  graph.feature_meta, graph.data.metadata(), task,
+                                                  device)
     t0 = time.perf_counter()
     scores = predict_scores(model, graph.data, task, live, config, device, y_mean, y_std)
     seconds = time.perf_counter() - t0

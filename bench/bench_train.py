@@ -95,17 +95,16 @@ def child_prepare(customers: int, workdir: Path) -> dict:
     import duckdb
 
     from bench.bench_graph import _spec_at, prepare
+    from pipeline.data.tasks import build_task_table
     from pipeline.graph.features import FeatureConfig
-    from pipeline.graph.build import build_graph
-    from pipeline.data.tasks import build_task_table, encoder_fit_cutoff
+    from pipeline.training.prepare import task_graph
 
     t0 = time.perf_counter()
     warehouse = prepare(customers, workdir)
     spec = _spec_at(customers)
     with duckdb.connect(str(warehouse)) as con:
         summary = build_task_table(con, spec, spec.task(TASK))
-        art = build_graph(con, spec, encoder_fit_cutoff(con, spec), FeatureConfig(),
-                          warehouse.parent / "graphs")
+        art = task_graph(con, spec, FeatureConfig(), warehouse.parent / "graphs")
     return {"warehouse": str(warehouse), "graph": str(art.path),
             "rows": int(sum(art.stats["nodes"].values())),
             "edges": int(sum(art.stats["edges"].values())),
@@ -163,14 +162,15 @@ def child_ours(model: str, warehouse: str, graph: str, customers: int, warmup: i
     import torch
 
     from pipeline.graph.build import load_graph
-    from pipeline.training.trainer import TrainConfig, Trainer
+    from pipeline.training.trainer import TrainConfig
+    from pipeline.training.zoo import make_trainer
 
     torch.set_num_threads(threads)
     task, cuts, splits = _splits(warehouse, customers)
     art = load_graph(Path(graph))
     config = TrainConfig(model=model)
     with tempfile.TemporaryDirectory() as ckpt:
-        trainer = Trainer(art.truncate(cuts.test), art.feature_meta, task, splits, config, Path(ckpt),
+        trainer = make_trainer(art.truncate(cuts.test), art.feature_meta, task, splits, config, Path(ckpt),
                           progress=False)
         trainer.model.train()
         ex = splits["train"]
@@ -196,7 +196,8 @@ def child_ours_auroc(warehouse: str, graph: str, customers: int, epochs: int, ma
     import torch
 
     from pipeline.graph.build import load_graph
-    from pipeline.training.trainer import TrainConfig, Trainer
+    from pipeline.training.trainer import TrainConfig
+    from pipeline.training.zoo import make_trainer
 
     torch.set_num_threads(threads)
     task, cuts, splits = _splits(warehouse, customers)
@@ -204,7 +205,7 @@ def child_ours_auroc(warehouse: str, graph: str, customers: int, epochs: int, ma
     config = TrainConfig(model="sage", epochs=epochs, max_steps_per_epoch=max_steps, seed=seed)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as ckpt:
-        result = Trainer(art.truncate(cuts.test), art.feature_meta, task, splits, config, Path(ckpt),
+        result = make_trainer(art.truncate(cuts.test), art.feature_meta, task, splits, config, Path(ckpt),
                          progress=False).fit()
     return {"model": "sage", "layers": config.layers, "fanouts": list(config.fanouts),
             "epochs": epochs, "max_steps": max_steps, "seed": seed, "best_epoch": result.best_epoch,

@@ -27,25 +27,25 @@ def synthetic_task(root: Path, task_name: str, scale: int = 1000):
     """The synthetic e-commerce shop (datasets/ecommerce.yaml) at `scale` customers under
     `root`, with one task: (graph truncated at the test cutoff, feature meta, task, splits)."""
     import dataclasses
+    from contextlib import closing
 
     import duckdb
 
-    from pipeline.graph.features import FeatureConfig
-    from pipeline.graph.build import build_graph
     from pipeline.data.sources import open_source
     from pipeline.data.spec import load_spec
-    from pipeline.data.tasks import build_task_table, load_examples, task_cutoffs
+    from pipeline.data.tasks import build_task_table
     from pipeline.data.warehouse import extract_table
+    from pipeline.training.prepare import prepare_task
 
     spec = load_spec(Path(__file__).resolve().parents[1] / "datasets" / "ecommerce.yaml")
     spec = dataclasses.replace(spec, source=dataclasses.replace(spec.source, scale=scale))
     task = spec.tasks[task_name]
     source = open_source(spec, root)
-    with duckdb.connect(str(root / "warehouse.duckdb")) as con:
+    warehouse = str(root / "warehouse.duckdb")
+    with duckdb.connect(warehouse) as con:
         for table in spec.extract_order():
             extract_table(con, spec, table, source.read(table), source.fingerprint(table))
         build_task_table(con, spec, task)
-        cuts = task_cutoffs(con, spec, task)
-        graph = build_graph(con, spec, cuts.val, FeatureConfig(), root / "graphs")
-        splits = {s: load_examples(con, task, s) for s in ("train", "val", "test")}
-    return graph.truncate(cuts.test), graph.feature_meta, task, splits
+    prep = prepare_task(lambda: closing(duckdb.connect(warehouse)), spec, task,
+                        graphs_dir=root / "graphs")
+    return prep.training_graph(), prep.graph.feature_meta, task, prep.examples()

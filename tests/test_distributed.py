@@ -18,8 +18,10 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.training.distributed import check_shardable, epoch_shard, job_payload, trainer_inputs
-from pipeline.training.trainer import TrainConfig, Trainer
+from pipeline.training.distributed import check_shardable, epoch_shard, job_payload
+from pipeline.training.worker import trainer_inputs
+from pipeline.training.trainer import TrainConfig
+from pipeline.training.zoo import make_trainer
 from shop import synthetic_task
 
 SCALE = 1000
@@ -96,10 +98,10 @@ def test_two_processes_see_every_seed_once_and_match_one_process(shop, tmp_path)
     n = len(splits["train"])
     before = set(Path(tempfile.gettempdir()).glob("relgraph-ddp-*"))
 
-    one = Trainer(data, meta, task, splits, CONFIG, tmp_path / "ckpt", progress=False).fit()
+    one = make_trainer(data, meta, task, splits, CONFIG, tmp_path / "ckpt", progress=False).fit()
     messages: list[str] = []
     config = dataclasses.replace(CONFIG, nproc=2)
-    launcher = Trainer(data, meta, task, splits, config, tmp_path / "ckpt", progress=False,
+    launcher = make_trainer(data, meta, task, splits, config, tmp_path / "ckpt", progress=False,
                        log=messages.append)
     two = launcher.fit()
 
@@ -133,7 +135,7 @@ def test_the_job_file_loads_weights_only_and_rebuilds_the_same_inputs(shop, tmp_
     rebuilds the launcher's graph, task, splits and config exactly."""
     data, meta, task, splits = shop
     config = dataclasses.replace(CONFIG, nproc=2)
-    trainer = Trainer(data, meta, task, splits, config, tmp_path / "ckpt", progress=False)
+    trainer = make_trainer(data, meta, task, splits, config, tmp_path / "ckpt", progress=False)
     torch.save(job_payload(trainer), tmp_path / "job.pt")
     payload = torch.load(tmp_path / "job.pt", weights_only=True, mmap=True)
     data2, meta2, task2, splits2, config2 = trainer_inputs(payload)
@@ -156,7 +158,7 @@ def test_the_job_file_loads_weights_only_and_rebuilds_the_same_inputs(shop, tmp_
 def test_a_failing_rank_fails_the_run_with_its_error(shop, tmp_path):
     data, meta, task, splits = shop
     config = dataclasses.replace(CONFIG, nproc=2, epochs=1, strategy="newest")
-    trainer = Trainer(data, meta, task, splits, config, tmp_path / "ckpt", progress=False)
+    trainer = make_trainer(data, meta, task, splits, config, tmp_path / "ckpt", progress=False)
     with pytest.raises(RuntimeError, match=r"(?s)sage with 2 processes failed.*strategy"):
         trainer.fit()
 
@@ -167,8 +169,8 @@ def test_a_failing_rank_fails_the_run_with_its_error(shop, tmp_path):
 def test_two_gpus_with_nccl(shop, tmp_path):
     data, meta, task, splits = shop
     config = dataclasses.replace(CONFIG, device="cuda")
-    one = Trainer(data, meta, task, splits, config, tmp_path / "ckpt", progress=False).fit()
-    two = Trainer(data, meta, task, splits, dataclasses.replace(config, nproc=2), tmp_path / "ckpt",
+    one = make_trainer(data, meta, task, splits, config, tmp_path / "ckpt", progress=False).fit()
+    two = make_trainer(data, meta, task, splits, dataclasses.replace(config, nproc=2), tmp_path / "ckpt",
                   progress=False).fit()
     for c in two.coverage:
         assert sum(c["per_rank"]) == len(splits["train"]) and (c["min"], c["max"]) == (1, 1), c

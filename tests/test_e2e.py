@@ -81,7 +81,7 @@ def test_mlflow_has_a_parent_and_one_nested_run_per_model(run_dir):
 
 def test_run_trains_the_default_four_all_or_the_named_models():
     from assets.cli import run_models
-    from pipeline.training.experiment import ALL_MODELS
+    from pipeline.training.zoo import ALL_MODELS
 
     assert run_models(None) == ["lightgbm_flat", "lightgbm", "sage", "hgt"]
     assert run_models("all") == list(ALL_MODELS) and len(ALL_MODELS) == 8

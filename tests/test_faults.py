@@ -31,15 +31,16 @@ import torch
 import yaml
 
 from pipeline.training.experiment import RunContext, run_model
+from pipeline.training.prepare import prepare_task, task_graph
 from pipeline.graph.features import FeatureConfig
-from pipeline.graph.build import build_graph
 from pipeline.models.gbdt import GBDTConfig, load_gbdt, predict_gbdt
 from pipeline.paths import DataPaths
 from pipeline.data.sources import open_source
 from pipeline.data.spec import load_spec
-from pipeline.data.tasks import build_task_table, load_examples, task_cutoffs
+from pipeline.data.tasks import build_task_table
 from pipeline.serving.tracking import Tracker, TrackingError
-from pipeline.training.trainer import TrainConfig, Trainer, load_predictor
+from pipeline.training.trainer import TrainConfig, load_predictor
+from pipeline.training.zoo import make_trainer, model_entry
 from pipeline.data.warehouse import extract_table
 from shop import RELGRAPH, shop_spec
 
@@ -47,6 +48,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 TINY = TrainConfig(hidden=8, layers=1, fanouts=(4,), epochs=2, batch_size=64, max_steps_per_epoch=2)
 FAST_GBDT = GBDTConfig(n_estimators=20, early_stopping_rounds=5, num_threads=1)
+# The configuration each model of these tests trains with (its family's config class).
+CONFIGS = {"sage": TINY, "lightgbm_flat": FAST_GBDT}
 
 
 @pytest.fixture(autouse=True)
@@ -116,8 +119,7 @@ def night(root: Path, data: Path, customers: pa.Table | None = None,
         for table in spec.extract_order():
             extract_table(con, spec, table, source.read(table), source.fingerprint(table))
         build_task_table(con, spec, task)
-        graph = build_graph(con, spec, task_cutoffs(con, spec, task).val, FeatureConfig(),
-                            paths.graphs / spec.name)
+        graph = task_graph(con, spec, FeatureConfig(), paths.graphs / spec.name)
     return Night(spec, task, graph, paths)
 
 
@@ -145,7 +147,8 @@ CHILD = textwrap.dedent("""
     from pipeline.graph.build import load_graph
     from pipeline.data.spec import load_spec
     from pipeline.data.tasks import load_examples, task_cutoffs
-    from pipeline.training.trainer import TrainConfig, Trainer
+    from pipeline.training.trainer import TrainConfig
+    from pipeline.training.zoo import make_trainer
 
     spec = load_spec({spec!r})
     task = spec.tasks["churn"]
@@ -154,7 +157,7 @@ CHILD = textwrap.dedent("""
         cuts = task_cutoffs(con, spec, task)
     graph = load_graph({graph!r})
     config = TrainConfig(**json.loads({config!r}))
-    trainer = Trainer(graph.truncate(cuts.test), graph.feature_meta, task, splits, config,
+    trainer = make_trainer(graph.truncate(cuts.test), graph.feature_meta, task, splits, config,
                       {ckpt!r}, progress=False, log=lambda m: print(m, flush=True))
 
     def step(module, args):
@@ -171,15 +174,13 @@ CHILD = textwrap.dedent("""
 def test_training_killed_mid_epoch_resumes_bit_identically(tmp_path):
     n = night(tmp_path, tmp_path / "data")
     config = TrainConfig(hidden=8, layers=1, fanouts=(4,), epochs=3, batch_size=32, seed=3)
-    with n.connect() as con:
-        splits = {s: load_examples(con, n.task, s) for s in ("train", "val", "test")}
-        cuts = task_cutoffs(con, n.spec, n.task)
-    steps = -(-len(splits["train"]) // config.batch_size)
+    prep = prepare_task(n.connect, n.spec, n.task, graph=n.graph)
+    steps = -(-len(prep.examples()["train"]) // config.batch_size)
     assert steps >= 6, "the epoch must be long enough to be killed inside"
 
-    def trainer(ckpt: Path, log=None) -> Trainer:
-        return Trainer(n.graph.truncate(cuts.test), n.graph.feature_meta, n.task, splits, config,
-                       ckpt, progress=False, log=log)
+    def trainer(ckpt: Path, log=None):
+        return make_trainer(prep.training_graph(), n.graph.feature_meta, n.task, prep.examples(),
+                            config, ckpt, progress=False, log=log)
 
     reference = trainer(tmp_path / "ref").fit()
 
@@ -382,7 +383,8 @@ def test_unreachable_mlflow_fails_before_training(tmp_path):
     ctx = RunContext(paths=n.paths, tracker=Tracker(uri), progress=False)
     for model in ("sage", "lightgbm_flat"):
         with pytest.raises(TrackingError, match=f"MLflow tracking server {uri} is not reachable"):
-            run_model(n.connect, n.spec, n.task, n.graph, model, TINY, ctx, gbdt_config=FAST_GBDT)
+            run_model(prepare_task(n.connect, n.spec, n.task, graph=n.graph), model,
+                      CONFIGS[model], ctx)
     assert not n.paths.checkpoints.exists(), "something was trained"
     assert not n.paths.results.exists()
 
@@ -414,8 +416,8 @@ def test_schema_change_between_nights_retrains_and_old_models_refuse_to_score(tm
     ctx = RunContext(paths=DataPaths(data), progress=False, log=messages.append)
     customers, orders = shop_tables()
     one = night(tmp_path, data, customers, orders)
-    first = {m: run_model(one.connect, one.spec, one.task, one.graph, m, TINY, ctx,
-                          gbdt_config=FAST_GBDT) for m in ("sage", "lightgbm_flat")}
+    first = {m: run_model(prepare_task(one.connect, one.spec, one.task, graph=one.graph), m,
+                          CONFIGS[m], ctx) for m in ("sage", "lightgbm_flat")}
 
     # night 2: customers gain a numeric column and lose `age`: the same number of numeric
     # features, so without a check an old model would load and read `vip` as `age`
@@ -425,8 +427,8 @@ def test_schema_change_between_nights_retrains_and_old_models_refuse_to_score(tm
     assert two.graph.feature_meta["customers"]["num"] == one.graph.feature_meta["customers"]["num"]
     messages.clear()
     for model in ("sage", "lightgbm_flat"):
-        res = run_model(two.connect, two.spec, two.task, two.graph, model, TINY, ctx,
-                        gbdt_config=FAST_GBDT)
+        res = run_model(prepare_task(two.connect, two.spec, two.task, graph=two.graph), model,
+                        CONFIGS[model], ctx)
         assert res["runs"][0]["checkpoint"] != first[model]["runs"][0]["checkpoint"]
     assert not [m for m in messages if m.startswith("resuming")], "night 2 reloaded night 1's model"
     assert [m.split(":")[0] for m in messages if m.startswith("sage epoch")] == [
@@ -435,7 +437,8 @@ def test_schema_change_between_nights_retrains_and_old_models_refuse_to_score(tm
     # yesterday's models cannot score today's graph, and say why
     old_sage = first["sage"]["runs"][0]["checkpoint"]
     with pytest.raises(ValueError, match=r"customers: num columns new \['vip'\] missing \['age'\]"):
-        load_predictor(old_sage, two.graph.feature_meta, two.graph.data.metadata(), two.task)
+        load_predictor(old_sage, model_entry("sage").build, two.graph.feature_meta,
+                       two.graph.data.metadata(), two.task)
     old_gbdt = load_gbdt(Path(first["lightgbm_flat"]["runs"][0]["checkpoint"]))
     with two.connect() as con, pytest.raises(ValueError, match=r"features differ from the model's "
                                              r"\(new: \['customers.vip'\], missing: \['customers.age'\]\)"):

@@ -15,9 +15,10 @@ import torch
 
 from test_distributed import shop  # noqa: F401  (the module-scoped fixture)
 
-from pipeline.models import GNN_MODELS
 from pipeline.graph.sampling import make_loader
-from pipeline.training.trainer import TrainConfig, Trainer, build_predictor, resolve_device
+from pipeline.training.distributed import resolve_device
+from pipeline.training.trainer import TrainConfig, build_predictor
+from pipeline.training.zoo import GRAPH_MODELS, make_trainer, model_entry
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
                                 reason="needs a CUDA device; this machine has none")
@@ -41,10 +42,10 @@ def test_sampler_samples_on_the_gpu(shop):
         assert batch[et].edge_index.is_cuda, et
 
 
-@pytest.mark.parametrize("model", GNN_MODELS)
+@pytest.mark.parametrize("model", GRAPH_MODELS)
 def test_every_graph_model_trains_on_cuda_in_bf16(shop, tmp_path, model):
     data, meta, task, splits = shop
-    trainer = Trainer(data, meta, task, splits, dataclasses.replace(SMALL, model=model),
+    trainer = make_trainer(data, meta, task, splits, dataclasses.replace(SMALL, model=model),
                       tmp_path, progress=False)
     assert next(trainer.model.parameters()).is_cuda
     result = trainer.fit()
@@ -54,13 +55,13 @@ def test_every_graph_model_trains_on_cuda_in_bf16(shop, tmp_path, model):
     print(f"{model}: {result.train_seeds_per_s:,.0f} train seeds/s on {torch.cuda.get_device_name(0)}")
 
 
-@pytest.mark.parametrize("model", GNN_MODELS)
+@pytest.mark.parametrize("model", GRAPH_MODELS)
 def test_cuda_and_cpu_give_the_same_scores(shop, model):
     """Same weights, same sample: fp32 scores agree across devices."""
     data, meta, task, splits = shop
     torch.manual_seed(0)
     cfg = dataclasses.replace(SMALL, model=model)
-    net = build_predictor(cfg, meta, data.metadata(), task).eval()
+    net = build_predictor(model_entry(cfg.model).build, cfg, meta, data.metadata(), task).eval()
     ex = splits["val"]
 
     def scores(device: str) -> torch.Tensor:

@@ -28,14 +28,15 @@ import torch
 import yaml
 
 from pipeline.graph.features import FeatureConfig
-from pipeline.graph.build import build_graph
+from pipeline.training.prepare import task_graph
 from pipeline.models.gbdt import GBDTConfig, build_features, train_gbdt
 from pipeline.data.sources import open_source
 from pipeline.data.sources.synthetic import SyntheticConfig, generate
 from pipeline.data.spec import parse_spec
 from pipeline.data.sqlutil import q
 from pipeline.data.tasks import build_task_table, load_examples, task_cutoffs
-from pipeline.training.trainer import TrainConfig, Trainer
+from pipeline.training.trainer import TrainConfig
+from pipeline.training.zoo import make_trainer
 from pipeline.data.warehouse import extract_table
 
 REPO = Path(__file__).resolve().parents[1]
@@ -120,7 +121,7 @@ def _run(src: Path, data: Path, val: datetime, test: datetime) -> Outcome:
         build_task_table(con, spec, task)
         cuts = task_cutoffs(con, spec, task)
         assert cuts.test == test
-        graph = build_graph(con, spec, cuts.val, FeatureConfig(), data / "graphs")
+        graph = task_graph(con, spec, FeatureConfig(), data / "graphs")
         assert not graph.cache_hit
         splits = {s: load_examples(con, task, s) for s in ("train", "val", "test")}
         labels = con.execute("SELECT customer_id, cutoff, label FROM task_customer_churn "
@@ -133,7 +134,7 @@ def _run(src: Path, data: Path, val: datetime, test: datetime) -> Outcome:
     finally:
         con.close()
     truncated = graph.truncate(cuts.test)
-    sage = Trainer(truncated, graph.feature_meta, task, splits, SAGE, data / "checkpoints",
+    sage = make_trainer(truncated, graph.feature_meta, task, splits, SAGE, data / "checkpoints",
                    progress=False).fit()
     nodes = {t: graph.data[t].num_nodes for t in graph.data.node_types}
     return Outcome(test, truncated, graph.encoders.to_dict(), labels, sage, gbdt, frames, nodes)

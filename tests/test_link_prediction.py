@@ -12,7 +12,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.training.trainer import TrainConfig, Trainer
+from pipeline.training.trainer import TrainConfig
+
+from pipeline.training.zoo import make_trainer
 from shop import synthetic_task
 
 # 833 train, 161 validation, 149 test examples: 14 steps an epoch at batch 64. Measured
@@ -38,9 +40,9 @@ def shop(tmp_path_factory):
 
 def test_the_seeds_own_history_of_each_target_lifts_the_ranking(shop, tmp_path):
     data, meta, task, splits = shop
-    with_history = Trainer(data, meta, task, splits, CONFIG, tmp_path / "a", progress=False)
+    with_history = make_trainer(data, meta, task, splits, CONFIG, tmp_path / "a", progress=False)
     assert with_history.model.history is not None
-    without = Trainer(data, meta, task, splits, CONFIG, tmp_path / "b", progress=False)
+    without = make_trainer(data, meta, task, splits, CONFIG, tmp_path / "b", progress=False)
     without.model.history = None  # the two-tower score and the popularity prior alone
     a, b = with_history.fit(), without.fit()
     print(f"val MAP@10: with history {a.val_metrics['map_at_10']:.4f}, "

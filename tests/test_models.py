@@ -13,7 +13,9 @@ import pytest
 import torch
 from torch_geometric.data import HeteroData
 
-from pipeline.models import GNN_MODELS, ModelConfig, TaskHead, build_model
+from pipeline.models.config import ModelConfig
+from pipeline.models.heads import TaskHead
+from pipeline.training.zoo import GRAPH_MODELS, build_model, model_entry
 from pipeline.models.encoders import NodeEncoder, RelativeTimeEncoder
 from pipeline.models.mpnn import MPNN_KINDS, BipartiteGCNConv, HeteroMPLayer, hop_plan, make_conv
 from pipeline.graph.sampling import make_loader
@@ -171,7 +173,7 @@ def two_hop_task(n_seeds: int = 16, seed: int = 0) -> tuple[HeteroData, torch.Te
 # -- registry and shapes --------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", GNN_MODELS)
+@pytest.mark.parametrize("name", GRAPH_MODELS)
 @pytest.mark.parametrize("layers", [1, 4])
 def test_every_model_returns_seed_embeddings(name, layers):
     torch.manual_seed(0)
@@ -199,7 +201,7 @@ def test_bad_config_and_entity_are_rejected():
         build_model("sage", FEATURE_META, METADATA, "users", ModelConfig())
 
 
-@pytest.mark.parametrize("name", GNN_MODELS)
+@pytest.mark.parametrize("name", GRAPH_MODELS)
 def test_models_are_deterministic_for_a_fixed_seed(name):
     batch = small_batch()
     outs = []
@@ -213,7 +215,7 @@ def test_models_are_deterministic_for_a_fixed_seed(name):
     assert not torch.allclose(outs[0], other(batch))
 
 
-@pytest.mark.parametrize("name", GNN_MODELS)
+@pytest.mark.parametrize("name", GRAPH_MODELS)
 def test_zero_edge_types_and_absent_node_types(name):
     torch.manual_seed(0)
     model = build_model(name, FEATURE_META, METADATA, ENTITY, ModelConfig(hidden=16, heads=2)).eval()
@@ -228,7 +230,7 @@ def test_zero_edge_types_and_absent_node_types(name):
     assert torch.isfinite(model(assemble([lonely]))).all()
 
 
-@pytest.mark.parametrize("name", GNN_MODELS)
+@pytest.mark.parametrize("name", GRAPH_MODELS)
 def test_bf16_autocast(name):
     torch.manual_seed(0)
     model = build_model(name, FEATURE_META, METADATA, ENTITY, ModelConfig(hidden=16, heads=2)).eval()
@@ -629,7 +631,7 @@ def test_rgt_settings_reach_the_model_and_name_their_own_checkpoints():
                     test_cutoff="latest", metric="auroc")
     config = TrainConfig(model="rgt", hidden=16, heads=2, max_tokens=8, global_tokens=0,
                          local_layers=2)
-    model = build_predictor(config, FEATURE_META, METADATA, task).encoder
+    model = build_predictor(model_entry(config.model).build, config, FEATURE_META, METADATA, task).encoder
     assert (model.max_tokens, model.global_tokens, len(model.local)) == (8, None, 2)
     assert TrainConfig().key() == "083c10c0c517"
     assert TrainConfig(model="rgt").key() == "2ae12acbfad9"

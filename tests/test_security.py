@@ -25,14 +25,15 @@ import pytest
 import torch
 
 from pipeline.graph.features import FeatureConfig
-from pipeline.graph.build import build_graph
-from pipeline.models import GNN_MODELS
+from pipeline.training.prepare import task_graph
+from pipeline.training.zoo import GRAPH_MODELS
 from pipeline.models.gbdt import GBDTConfig, train_gbdt
 from pipeline.data.sources import open_source
 from pipeline.data.spec import parse_spec
 from pipeline.data.sqlutil import q
-from pipeline.data.tasks import TaskError, build_task_table, load_examples, task_cutoffs
-from pipeline.training.trainer import TrainConfig, Trainer
+from pipeline.data.tasks import TaskError, build_task_table, load_examples
+from pipeline.training.trainer import TrainConfig
+from pipeline.training.zoo import make_trainer
 from pipeline.data.warehouse import extract_table
 
 REPO = Path(__file__).resolve().parents[1]
@@ -98,8 +99,7 @@ def test_hostile_names_go_through_the_whole_pipeline(tmp_path):
     for name in spec.extract_order():
         extract_table(con, spec, name, source.read(name), source.fingerprint(name))
     build_task_table(con, spec, task)
-    graph = build_graph(con, spec, task_cutoffs(con, spec, task).val, FeatureConfig(),
-                        tmp_path / "graphs")
+    graph = task_graph(con, spec, FeatureConfig(), tmp_path / "graphs")
     gbdt = train_gbdt(con, spec, task, False, GBDTConfig(n_estimators=20, num_threads=1))
     splits = {s: load_examples(con, task, s) for s in ("train", "val", "test")}
 
@@ -121,10 +121,10 @@ def test_hostile_names_go_through_the_whole_pipeline(tmp_path):
     assert any(n.startswith(f"{ORDERS}.{FK}: sum(group)") for n in gbdt.feature_names)
     con.close()
 
-    for model in GNN_MODELS:  # node and edge types name modules: a dot in a name must not break them
+    for model in GRAPH_MODELS:  # node and edge types name modules: a dot in a name must not break them
         cfg = TrainConfig(model=model, hidden=8, layers=2, fanouts=(4, 2), heads=2, epochs=1,
                           batch_size=128, max_steps_per_epoch=1)
-        result = Trainer(graph.data, graph.feature_meta, task, splits, cfg, tmp_path / "ckpt",
+        result = make_trainer(graph.data, graph.feature_meta, task, splits, cfg, tmp_path / "ckpt",
                          progress=False).fit()
         assert np.isfinite(result.test_metrics["auroc"]), model
 

@@ -23,7 +23,8 @@ from test_models import (  # noqa: F401  (single_thread: an autouse fixture)
 )
 from torch_geometric.data import HeteroData
 
-from pipeline.models import ModelConfig, build_model
+from pipeline.models.config import ModelConfig
+from pipeline.training.zoo import build_model
 from pipeline.models.transformer import RelationalGraphTransformer, log_degree_features, node_hops
 
 

@@ -18,15 +18,15 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
-from pipeline.training.experiment import ALL_MODELS, load_results
-from pipeline.graph.features import FeatureConfig
-from pipeline.graph.build import build_graph
+from pipeline.training.experiment import load_results
+from pipeline.training.prepare import prepare_task
+from pipeline.training.zoo import ALL_MODELS
 from pipeline.models.gbdt import GBDTConfig, train_gbdt
 from pipeline.paths import DataPaths
 from pipeline.data.spec import load_spec
-from pipeline.data.tasks import encoder_fit_cutoff, load_examples, task_cutoffs
 from pipeline.serving.tracking import Tracker
-from pipeline.training.trainer import TrainConfig, Trainer
+from pipeline.training.trainer import TrainConfig
+from pipeline.training.zoo import make_trainer
 from pipeline.training.tune import base_params, default_config, search_space, trial_config, tune
 from shop import RELGRAPH, shop_spec
 
@@ -86,12 +86,6 @@ def connector(warehouse: Path):
         finally:
             con.close()
     return connect
-
-
-def load_graph(paths: DataPaths, spec):
-    with duckdb.connect(str(paths.warehouse), read_only=True) as con:
-        return build_graph(con, spec, encoder_fit_cutoff(con, spec), FeatureConfig(),
-                           paths.graphs / spec.name)
 
 
 def search_runs(store: Path, model: str):
@@ -156,22 +150,19 @@ def no_test_labels(cli_run, tmp_path):
 def test_the_search_never_reads_test_labels(no_test_labels):
     spec, paths = no_test_labels
     task, connect = spec.tasks["churn"], connector(paths.warehouse)
-    graph = load_graph(paths, spec)
+    prep = prepare_task(connect, spec, task, graphs_dir=paths.graphs / spec.name)
     # Positive controls: the full training paths do read the test labels and fail on them.
     with connect() as con, pytest.raises(ValueError, match="NULL label"):
         train_gbdt(con, spec, task, flat=True, config=SMALL_GBDT)
-    with connect() as con:
-        splits = {s: load_examples(con, task, s) for s in ("train", "val", "test")}
-        cuts = task_cutoffs(con, spec, task)
     tiny = TrainConfig(epochs=1, batch_size=64)
     with pytest.raises(ValueError, match="binary labels"):
-        Trainer(graph.truncate(cuts.test), graph.feature_meta, task, splits, tiny,
-                paths.checkpoints, progress=False).fit()
+        make_trainer(prep.training_graph(), prep.graph.feature_meta, task, prep.examples(), tiny,
+                     paths.checkpoints, progress=False).fit()
 
     tracker = Tracker(paths.mlflow_uri())
     for model, base in (("lightgbm", SMALL_GBDT), ("sage", tiny)):
-        result = tune(connect, spec, task, graph, model, 2, paths=paths, tracker=tracker,
-                      base=base, log=lambda msg: None)
+        result = tune(prep, model, 2, paths=paths, tracker=tracker, base=base,
+                      log=lambda msg: None)
         assert result["trials_completed"] == 2
         _, children = search_runs(paths.mlflow / "mlflow.db", model)
         assert len(children) == 2
@@ -183,11 +174,11 @@ def test_the_search_never_reads_test_labels(no_test_labels):
 def test_a_seed_gives_the_same_search(cli_run, tmp_path):
     spec_path, paths, _ = cli_run
     spec = load_spec(spec_path)
-    graph = load_graph(paths, spec)
+    prep = prepare_task(connector(paths.warehouse), spec, spec.tasks["churn"],
+                        graphs_dir=paths.graphs / spec.name)
 
     def search(seed: int) -> list[dict]:
-        result = tune(connector(paths.warehouse), spec, spec.tasks["churn"], graph, "sage", TRIALS,
-                      paths=DataPaths(tmp_path / f"seed{seed}"), seed=seed,
+        result = tune(prep, "sage", TRIALS, paths=DataPaths(tmp_path / f"seed{seed}"), seed=seed,
                       base=TrainConfig(epochs=1), log=lambda msg: None)
         return [(t["params"], t["value"]) for t in result["trials"]]
 
@@ -202,20 +193,16 @@ def test_a_trial_scores_what_the_pipeline_reports_on_val(cli_run, tmp_path):
     spec_path, paths, _ = cli_run
     spec = load_spec(spec_path)
     task, connect = spec.tasks["churn"], connector(paths.warehouse)
-    graph = load_graph(paths, spec)
+    prep = prepare_task(connect, spec, task, graphs_dir=paths.graphs / spec.name)
     out = DataPaths(tmp_path)
     cfg = TrainConfig(epochs=2)
-    tuned = tune(connect, spec, task, graph, "sage", 1, paths=out, base=cfg, log=lambda m: None)
-    with connect() as con:
-        splits = {s: load_examples(con, task, s) for s in ("train", "val", "test")}
-        cuts = task_cutoffs(con, spec, task)
-    fit = Trainer(graph.truncate(cuts.test), graph.feature_meta, task, splits, cfg,
-                  tmp_path / "ckpt", progress=False).fit()
+    tuned = tune(prep, "sage", 1, paths=out, base=cfg, log=lambda m: None)
+    fit = make_trainer(prep.training_graph(), prep.graph.feature_meta, task, prep.examples(), cfg,
+                       tmp_path / "ckpt", progress=False).fit()
     assert tuned["best"]["value"] == fit.val_metrics["auroc"]
     assert tuned["best"]["best_epoch"] == fit.best_epoch
 
-    tuned = tune(connect, spec, task, graph, "lightgbm_flat", 1, paths=out, base=SMALL_GBDT,
-                 log=lambda m: None)
+    tuned = tune(prep, "lightgbm_flat", 1, paths=out, base=SMALL_GBDT, log=lambda m: None)
     with connect() as con:
         full = train_gbdt(con, spec, task, flat=True, config=SMALL_GBDT)
     assert tuned["best"]["value"] == full.val_metrics["auroc"]

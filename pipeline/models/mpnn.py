@@ -19,7 +19,8 @@ from torch_geometric.nn.module_dict import ModuleDict
 from torch_geometric.nn import GATConv, GINConv, HeteroConv, MessagePassing, SAGEConv
 from torch_geometric.utils import degree, scatter
 
-from pipeline.models.encoders import DEFAULT_PERIODS_DAYS, NodeEncoder
+from pipeline.models.config import ModelConfig
+from pipeline.models.encoders import NodeEncoder
 
 MPNN_KINDS = ("gcn", "sage", "gat", "gin")
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU}
@@ -302,9 +303,12 @@ class HeteroGNN(nn.Module):
         feature_meta (dict): Per node type column counts (see :class:`NodeEncoder`).
         metadata (tuple[list[str], list[tuple[str, str, str]]]): Node and edge types.
         entity_type (str): The seeds' node type.
-        hidden (int, optional): Width. (default: ``64``)
-        layers (int, optional): Message-passing rounds (hops). (default: ``2``)
+        hidden (int): Width.
+        layers (int): Message-passing rounds (hops).
         aggr, norm, dropout, act, heads: passed to :class:`HeteroMPLayer`.
+        periods_days (tuple[float, ...]): Periods of the relative-time features.
+
+    Their defaults are :class:`~pipeline.models.config.ModelConfig`'s (`from_config`).
 
     Shapes:
         - **input:** a sampled ``HeteroData`` batch with B seeds
@@ -317,14 +321,14 @@ class HeteroGNN(nn.Module):
         feature_meta: dict,
         metadata: tuple[list[str], list[tuple[str, str, str]]],
         entity_type: str,
-        hidden: int = 64,
-        layers: int = 2,
-        aggr: str = "sum",
-        norm: str = "layer",
-        dropout: float = 0.1,
-        act: str = "relu",
-        heads: int = 4,
-        periods_days: tuple[float, ...] = DEFAULT_PERIODS_DAYS,
+        hidden: int,
+        layers: int,
+        aggr: str,
+        norm: str,
+        dropout: float,
+        act: str,
+        heads: int,
+        periods_days: tuple[float, ...],
     ):
         super().__init__()
         if kind not in MPNN_KINDS:
@@ -348,6 +352,12 @@ class HeteroGNN(nn.Module):
         # Skip the work whose result cannot reach a seed (see hop_plan); off only to
         # check that it changes nothing.
         self.trim = True
+
+    @classmethod
+    def from_config(cls, kind: str, feature_meta: dict, metadata, entity_type: str,
+                    c: ModelConfig) -> HeteroGNN:
+        return cls(kind, feature_meta, metadata, entity_type, c.hidden, c.layers, c.aggr, c.norm,
+                   c.dropout, c.act, c.heads, c.time_periods_days)
 
     def forward(self, batch: HeteroData) -> Tensor:
         x_dict = self.encoder(batch)

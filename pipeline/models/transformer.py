@@ -16,7 +16,8 @@ from torch_geometric.nn.module_dict import ModuleDict
 from torch_geometric.nn import HGTConv
 from torch_geometric.utils import degree, softmax, to_dense_batch
 
-from pipeline.models.encoders import DEFAULT_PERIODS_DAYS, NodeEncoder, NodeTypeEmbedding
+from pipeline.models.config import ModelConfig
+from pipeline.models.encoders import NodeEncoder, NodeTypeEmbedding
 from pipeline.models.mpnn import HeteroMPLayer, edge_index_dict, hop_plan, num_seeds
 
 
@@ -168,11 +169,14 @@ class HGT(nn.Module):
         feature_meta (dict): Per node type column counts (see :class:`NodeEncoder`).
         metadata (tuple[list[str], list[tuple[str, str, str]]]): Node and edge types.
         entity_type (str): The seeds' node type.
-        hidden (int, optional): Width, divisible by ``heads``. (default: ``64``)
-        layers (int, optional): Number of HGT layers (hops). (default: ``2``)
-        heads (int, optional): Attention heads. (default: ``4``)
-        dropout (float, optional): Dropout after each layer. (default: ``0.1``)
-        norm (str, optional): ``"layer"`` or ``"none"``. (default: ``"layer"``)
+        hidden (int): Width, divisible by ``heads``.
+        layers (int): Number of HGT layers (hops).
+        heads (int): Attention heads.
+        dropout (float): Dropout after each layer.
+        norm (str): ``"layer"`` or ``"none"``.
+        periods_days (tuple[float, ...]): Periods of the relative-time features.
+
+    Their defaults are :class:`~pipeline.models.config.ModelConfig`'s (`from_config`).
 
     Shapes:
         - **input:** a sampled ``HeteroData`` batch with B seeds
@@ -184,12 +188,12 @@ class HGT(nn.Module):
         feature_meta: dict,
         metadata: tuple[list[str], list[tuple[str, str, str]]],
         entity_type: str,
-        hidden: int = 64,
-        layers: int = 2,
-        heads: int = 4,
-        dropout: float = 0.1,
-        norm: str = "layer",
-        periods_days: tuple[float, ...] = DEFAULT_PERIODS_DAYS,
+        hidden: int,
+        layers: int,
+        heads: int,
+        dropout: float,
+        norm: str,
+        periods_days: tuple[float, ...],
     ):
         super().__init__()
         if hidden % heads:
@@ -225,6 +229,11 @@ class HGT(nn.Module):
         )
         self.dropout = nn.Dropout(dropout)
         self.trim = True  # off only to check that trimming changes nothing
+
+    @classmethod
+    def from_config(cls, feature_meta: dict, metadata, entity_type: str, c: ModelConfig) -> HGT:
+        return cls(feature_meta, metadata, entity_type, c.hidden, c.layers, c.heads, c.dropout,
+                   c.norm, c.time_periods_days)
 
     def forward(self, batch: HeteroData) -> Tensor:
         x_dict = self.encoder(batch)
@@ -281,15 +290,18 @@ class RelationalGraphTransformer(nn.Module):
         feature_meta (dict): Per node type column counts (see :class:`NodeEncoder`).
         metadata (tuple[list[str], list[tuple[str, str, str]]]): Node and edge types.
         entity_type (str): The seeds' node type.
-        hidden (int, optional): Width, divisible by ``heads``. (default: ``64``)
-        layers (int, optional): Transformer encoder layers. (default: ``2``)
-        heads (int, optional): Attention heads. (default: ``4``)
-        dropout (float, optional): Dropout. (default: ``0.1``)
-        max_tokens (int, optional): Tokens kept per seed. (default: ``64``)
-        global_tokens (int, optional): Learned global tokens; 0 disables them. (default: ``4``)
-        local_layers (int, optional): Message-passing rounds before attention. (default: ``1``)
-        max_hops (int, optional): Hops beyond this share one embedding. (default: ``8``)
-        act (str, optional): ``"relu"`` or ``"gelu"``. (default: ``"gelu"``)
+        hidden (int): Width, divisible by ``heads``.
+        layers (int): Transformer encoder layers.
+        heads (int): Attention heads.
+        dropout (float): Dropout.
+        max_tokens (int): Tokens kept per seed.
+        global_tokens (int): Learned global tokens; 0 disables them.
+        local_layers (int): Message-passing rounds before attention.
+        max_hops (int): Hops beyond this share one embedding.
+        act (str): ``"relu"`` or ``"gelu"``.
+        periods_days (tuple[float, ...]): Periods of the relative-time features.
+
+    Their defaults are :class:`~pipeline.models.config.ModelConfig`'s (`from_config`).
 
     Shapes:
         - **input:** a sampled ``HeteroData`` batch with B seeds (needs ``batch``
@@ -303,16 +315,16 @@ class RelationalGraphTransformer(nn.Module):
         feature_meta: dict,
         metadata: tuple[list[str], list[tuple[str, str, str]]],
         entity_type: str,
-        hidden: int = 64,
-        layers: int = 2,
-        heads: int = 4,
-        dropout: float = 0.1,
-        max_tokens: int = 64,
-        global_tokens: int = 4,
-        local_layers: int = 1,
-        max_hops: int = 8,
-        act: str = "gelu",
-        periods_days: tuple[float, ...] = DEFAULT_PERIODS_DAYS,
+        hidden: int,
+        layers: int,
+        heads: int,
+        dropout: float,
+        max_tokens: int,
+        global_tokens: int,
+        local_layers: int,
+        max_hops: int,
+        act: str,
+        periods_days: tuple[float, ...],
     ):
         super().__init__()
         if hidden % heads:
@@ -384,6 +396,13 @@ class RelationalGraphTransformer(nn.Module):
         # to_dense_batch drops every token past max_num_nodes in each seed's group,
         # i.e. the highest hops: that is the cap.
         return to_dense_batch(h[order], seed, batch_size=b, max_num_nodes=min(longest, self.max_tokens))
+
+    @classmethod
+    def from_config(cls, feature_meta: dict, metadata, entity_type: str,
+                    c: ModelConfig) -> RelationalGraphTransformer:
+        return cls(feature_meta, metadata, entity_type, c.hidden, c.layers, c.heads, c.dropout,
+                   c.max_tokens, c.global_tokens, c.local_layers, c.max_hops, c.act,
+                   c.time_periods_days)
 
     def forward(self, batch: HeteroData) -> Tensor:
         tok, mask = self.tokens(batch)

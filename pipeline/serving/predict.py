@@ -15,32 +15,20 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.graph.build import GraphArtifact
-from pipeline.models import GNN_MODELS
 from pipeline.data.spec import DatasetSpec, TaskSpec
 from pipeline.data.sqlutil import q, q_list
-from pipeline.data.tasks import load_examples
-from pipeline.training.trainer import load_predictor, predict_scores, resolve_device
+from pipeline.training.prepare import PreparedTask
+from pipeline.training.zoo import model_entry
 
 TOP_K = 10
 
 
-def model_scores(con: duckdb.DuckDBPyConnection, spec: DatasetSpec, task: TaskSpec,
-                 graph: GraphArtifact, model: str, checkpoint: str | Path, rows: str = "live",
+def model_scores(prep: PreparedTask, model: str, checkpoint: str | Path,
                  device: str = "auto") -> np.ndarray:
-    """Raw scores of `model` (from its checkpoint) for one split of the task, in the
-    order `load_examples` gives (for `live`: by entity id)."""
-    if model in GNN_MODELS:
-        dev = resolve_device(device)
-        ex = load_examples(con, task, rows)
-        predictor, config, y_mean, y_std = load_predictor(checkpoint, graph.feature_meta,
-                                                          graph.data.metadata(), task, dev)
-        return predict_scores(predictor, graph.data, task, ex, config, dev, y_mean, y_std)
-    from pipeline.models.gbdt import load_gbdt, predict_gbdt
-
-    if rows != "live":
-        raise ValueError("LightGBM models score the live table only through this function")
-    return predict_gbdt(con, spec, task, load_gbdt(checkpoint), f"task_{task.name}_live")
+    """Raw scores of `model` (from its checkpoint) for the task's live entities, by entity
+    id (`task_<task>_live`)."""
+    entry = model_entry(model)
+    return entry.family.score_live(entry, prep, checkpoint, device)
 
 
 def predictions_table(con: duckdb.DuckDBPyConnection, spec: DatasetSpec, task: TaskSpec,

@@ -36,7 +36,7 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 
 import duckdb
@@ -45,11 +45,16 @@ import pandas as pd
 
 import mlflow.pyfunc
 
-from pipeline.training.experiment import GBDT_MODELS, load_results
-from pipeline.paths import DataPaths
 from pipeline.data.spec import DatasetSpec, TaskSpec, load_spec
 from pipeline.data.sqlutil import q, q_list
+from pipeline.graph.build import build_graph
+from pipeline.graph.features import FeatureConfig
+from pipeline.paths import DataPaths
 from pipeline.serving.tracking import Tracker, mlflow_uri
+from pipeline.training.experiment import load_results
+from pipeline.training.family import ModelEntry
+from pipeline.training.graph_family import RegistryMismatch
+from pipeline.training.zoo import model_entry
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 META_FORMAT = 1
@@ -83,8 +88,8 @@ class ModelBundle:
     meta: dict
 
     @property
-    def is_gbdt(self) -> bool:
-        return self.model in GBDT_MODELS
+    def entry(self) -> ModelEntry:
+        return model_entry(self.model)
 
 
 def open_warehouse(path: Path, wait_s: float = LOCK_WAIT_S) -> duckdb.DuckDBPyConnection:
@@ -139,70 +144,24 @@ def _entity_rows(con: duckdb.DuckDBPyConnection, spec: DatasetSpec, task: TaskSp
             tbl.column("t").to_numpy().astype(np.int64))
 
 
-def _graph_scores(con, paths: DataPaths, bundle: ModelBundle, entity: np.ndarray,
-                  cutoff: np.ndarray, device: str) -> np.ndarray:
-    import torch
-
-    from pipeline.graph.features import FeatureConfig
-    from pipeline.graph.build import build_graph
-    from pipeline.data.tasks import Examples
-    from pipeline.training.trainer import load_predictor, predict_scores, resolve_device
-
-    fit_cutoff = datetime.fromisoformat(bundle.meta["fit_cutoff"])
-    graph = build_graph(con, bundle.spec, fit_cutoff, FeatureConfig(),
-                        paths.graphs / bundle.spec.name)
-    if _canonical(graph.encoders.to_dict()) != _canonical(bundle.meta["encoders"]):
-        raise RegistryError(
-            f"{bundle.model} on {bundle.task.name}: the warehouse's rows up to the model's fit "
-            f"cutoff {fit_cutoff} differ from those it was trained on (the encoders came out "
-            "different), so its features would not mean what they meant; retrain it")
-    # No row after the newest requested cutoff can matter; the trainer scored its splits on
-    # the same truncation (at the test cutoff), which makes the scores reproduce exactly.
-    data = graph.truncate(datetime.fromtimestamp(int(cutoff.max()), timezone.utc).replace(tzinfo=None))
-    dev = resolve_device(device)
-    predictor, config, y_mean, y_std = load_predictor(bundle.checkpoint, graph.feature_meta,
-                                                      data.metadata(), bundle.task, dev)
-    # Batches are formed in (cutoff, entity) order, as the trainer's splits are.
-    order = np.lexsort((entity, cutoff))
-    ex = Examples(torch.from_numpy(entity[order]), torch.from_numpy(cutoff[order]), None)
-    scores = predict_scores(predictor, data, bundle.task, ex, config, dev, y_mean, y_std)
-    out = np.empty_like(scores)
-    out[order] = scores
-    return out
-
-
-def _gbdt_scores(con, bundle: ModelBundle) -> np.ndarray:
-    from pipeline.models.gbdt import load_gbdt, predict_gbdt
-
-    con.execute("""CREATE OR REPLACE TEMP TABLE _score_pairs AS
-                   SELECT DISTINCT __entity_id, cutoff FROM _score_rows""")
-    scores = predict_gbdt(con, bundle.spec, bundle.task, load_gbdt(bundle.checkpoint), "_score_pairs")
-    # predict_gbdt answers in (cutoff, __entity_id) order; map each input row to its pair.
-    index = con.sql("""SELECT p.__k FROM _score_rows r JOIN
-                         (SELECT __entity_id, cutoff,
-                                 row_number() OVER (ORDER BY cutoff, __entity_id) - 1 AS __k
-                          FROM _score_pairs) p USING (__entity_id, cutoff)
-                       ORDER BY r.__row""").to_arrow_table().column(0).to_numpy()
-    return scores[index]
-
-
 def score_frame(con: duckdb.DuckDBPyConnection, paths: DataPaths, bundle: ModelBundle,
                 frame: pd.DataFrame, device: str = "auto") -> np.ndarray:
     """Scores of `frame`'s (keys, cutoff) rows, in input order (see the module docstring)."""
     if len(frame) == 0:
         raise RegistryError(f"{bundle.model} on {bundle.task.name}: nothing to score (empty input)")
+    entry = bundle.entry
     try:
         entity, cutoff = _entity_rows(con, bundle.spec, bundle.task, frame)
-        if bundle.is_gbdt:
-            return _gbdt_scores(con, bundle)
-        return _graph_scores(con, paths, bundle, entity, cutoff, device)
+        graph = None
+        if entry.family.needs_graph:
+            graph = build_graph(con, bundle.spec, datetime.fromisoformat(bundle.meta["fit_cutoff"]),
+                                FeatureConfig(), paths.graphs / bundle.spec.name)
+        return entry.family.score_rows(entry, con, bundle.spec, bundle.task, graph,
+                                       bundle.checkpoint, bundle.meta, entity, cutoff, device)
+    except RegistryMismatch as exc:
+        raise RegistryError(str(exc)) from None
     finally:
         con.execute("DROP TABLE IF EXISTS _score_rows")
-        con.execute("DROP TABLE IF EXISTS _score_pairs")
-
-
-def _canonical(value) -> str:
-    return json.dumps(value, sort_keys=True, default=str)
 
 
 class RelgraphModel(mlflow.pyfunc.PythonModel):

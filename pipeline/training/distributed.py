@@ -1,9 +1,9 @@
-"""Multi-process training with torch.distributed: sharding, collectives, launcher, worker.
+"""Multi-process training with torch.distributed: devices, sharding, collectives, launcher.
 
 `Trainer.fit()` with `TrainConfig.nproc = N > 1` calls `launch`, which writes the
 trainer's inputs (graph, examples, task, config) to a private temporary directory and
 starts N workers with torchrun (`python -m torch.distributed.run --standalone`). Each
-worker (`main`, this module run with `-m`) loads them memory-mapped, joins the process
+worker (pipeline/training/worker.py, run with `-m`) loads them memory-mapped, joins the process
 group (gloo on CPU, NCCL on CUDA, one GPU per rank) and runs the same `Trainer.fit`, in
 which DistributedDataParallel averages the gradients. Rank 0 evaluates, early-stops,
 writes the checkpoints and hands its `TrainResult` back; the launching process returns
@@ -20,35 +20,23 @@ global batch so that DDP's average over ranks is the mean loss over the global b
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 import pickle
 import re
-import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 from collections import deque
 from dataclasses import asdict
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor
-from torch_geometric.data import HeteroData
-
-from pipeline.data.spec import TaskSpec
-from pipeline.data.tasks import Examples
-
-if TYPE_CHECKING:
-    from pipeline.training.trainer import Trainer, TrainConfig, TrainResult
 
 REPO = Path(__file__).resolve().parents[2]
 # Rank 0 evaluates and writes checkpoints while the other ranks wait in a collective;
@@ -126,10 +114,18 @@ def broadcast_ints(values: list[int], device: torch.device) -> list[int]:
     return t.tolist()
 
 
+def resolve_device(name: str = "auto") -> torch.device:
+    """The torch device that `name` ("auto", "cpu", "cuda", "cuda:1") means on this machine."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device '{name}' requested but CUDA is not available here")
+    return device
+
+
 def worker_device(name: str) -> torch.device:
     """The device of this rank: its own GPU (LOCAL_RANK) under CUDA, else the CPU."""
-    from pipeline.training.trainer import resolve_device
-
     device = resolve_device(name)
     if device.type != "cuda":
         return device
@@ -141,13 +137,12 @@ def worker_device(name: str) -> torch.device:
 
 
 # -- launcher ------------------------------------------------------------------------
-def launch(trainer: Trainer) -> TrainResult:
-    """Run `trainer.fit()` in `trainer.config.nproc` processes; rank 0's TrainResult.
+def launch(trainer):
+    """Run `trainer.fit()` (a pipeline.training.trainer.Trainer) in `trainer.config.nproc`
+    processes (pipeline/training/worker.py); rank 0's TrainResult.
 
     Worker output (rank 0's epoch lines, torchrun's messages) goes to `trainer.log`.
     """
-    from pipeline.training.trainer import resolve_device
-
     cfg = trainer.config
     n = cfg.nproc
     check_shardable(len(trainer.splits["train"]), cfg.batch_size, n)
@@ -158,7 +153,7 @@ def launch(trainer: Trainer) -> TrainResult:
         job = Path(tmp)
         torch.save(job_payload(trainer), job / "job.pt")
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc-per-node={n}", "-m", "pipeline.training.distributed", str(job)]
+               f"--nproc-per-node={n}", "-m", "pipeline.training.worker", str(job)]
         # The workers import this checkout's pipeline/, installed or not.
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(
             [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
@@ -198,7 +193,7 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 # -- the job file ------------------------------------------------------------------
-def job_payload(trainer: Trainer) -> dict:
+def job_payload(trainer) -> dict:
     """What a rank needs to build the same Trainer, as tensors, numbers, strings, lists
     and dicts only, so that the rank loads it with `torch.load(weights_only=True)`:
     no class is unpickled, not even our own."""
@@ -213,78 +208,3 @@ def job_payload(trainer: Trainer) -> dict:
             "launcher": os.getpid()}
 
 
-def trainer_inputs(payload: dict) -> tuple[HeteroData, dict, TaskSpec, dict[str, Examples], TrainConfig]:
-    """The inverse of `job_payload`: (graph, feature metadata, task, splits, config)."""
-    from pipeline.training.trainer import TrainConfig
-
-    data = HeteroData()
-    for node_type, attrs in payload["nodes"].items():
-        data[node_type].update(attrs)
-    for edge in payload["edges"]:
-        data[tuple(edge["type"])].update(edge["attrs"])
-    task = TaskSpec(**{**payload["task"], "horizon": timedelta(seconds=payload["task"]["horizon"])})
-    splits = {name: Examples(**ex) for name, ex in payload["splits"].items()}
-    config = TrainConfig(**{**payload["config"], "fanouts": tuple(payload["config"]["fanouts"])})
-    return data, json.loads(payload["feature_meta"]), task, splits, config
-
-
-# -- worker --------------------------------------------------------------------------
-def _exit_without(launcher: int, job: Path) -> None:
-    """End this rank if the launching process disappears, and remove its job directory.
-
-    A launcher killed outright (SIGKILL, an OOM kill) can neither stop torchrun, which
-    would train on for nobody, nor remove the copy of the graph it wrote; a rank that
-    exits makes torchrun stop the others and exit.
-    """
-    def watch() -> None:
-        while True:
-            time.sleep(2)
-            try:
-                os.kill(launcher, 0)
-            except ProcessLookupError:
-                # No message: whoever would have read it went with the launcher (and
-                # writing to its closed pipe would fail before the exit).
-                shutil.rmtree(job, ignore_errors=True)
-                os._exit(1)
-            except PermissionError:
-                pass  # alive, under another user
-
-    threading.Thread(target=watch, name="relgraph-launcher-watch", daemon=True).start()
-
-
-def main(argv: list[str]) -> int:
-    """One rank (started by torchrun, which sets RANK, LOCAL_RANK, WORLD_SIZE)."""
-    from pipeline.training.trainer import Trainer, resolve_device
-
-    job = Path(argv[0])
-    # Memory-mapped: the ranks share the graph's pages.
-    payload = torch.load(job / "job.pt", weights_only=True, mmap=True)
-    _exit_without(payload["launcher"], job)
-    data, feature_meta, task, splits, cfg = trainer_inputs(payload)
-    cuda = resolve_device(cfg.device).type == "cuda"
-    if cuda:
-        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-    dist.init_process_group("nccl" if cuda else "gloo", timeout=COLLECTIVE_TIMEOUT)
-    trainer = Trainer(data, feature_meta, task, splits, cfg, Path(payload["checkpoint_dir"]),
-                      progress=False,
-                      log=lambda msg: print(msg, flush=True))
-    result = trainer.fit()
-    if trainer.rank == 0:
-        tmp = job / "result.pkl.tmp"
-        with open(tmp, "wb") as f:
-            pickle.dump(result, f)
-        os.replace(tmp, job / "result.pkl")
-    # Teardown. No rank closes its connections while rank 0 is still evaluating: hence
-    # the barrier. Then the DDP wrapper goes first, while the process group is still
-    # registered: were it the group's last owner, the group's destructor would run
-    # holding the GIL and wait for gloo's worker thread, which may itself be waiting for
-    # the GIL (a deadlock at exit, seen here in about one run of three).
-    dist.barrier()
-    del trainer
-    gc.collect()
-    dist.destroy_process_group()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

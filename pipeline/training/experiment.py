@@ -1,5 +1,5 @@
-"""One model on one task, end to end: load examples and graph, train (a graph model or a
-LightGBM baseline) for one or more seeds, write plots and a result file, log to MLflow.
+"""One model on one task, end to end: train any row of the model table on a prepared
+task for one or more seeds, write plots and a result file, log to MLflow.
 
 The result file (`results/<dataset>/<task>/<model>.json`) is what the evaluation step
 and `relgraph run`'s summary read; MLflow gets the same numbers.
@@ -16,26 +16,15 @@ import statistics
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable, ContextManager
+from typing import Callable
 
-import duckdb
-
-from pipeline.training.evaluate import plot_curves
-from pipeline.graph.build import GraphArtifact
-from pipeline.models import GNN_MODELS
+from pipeline.data.spec import TaskSpec
 from pipeline.paths import DataPaths
-from pipeline.data.spec import DatasetSpec, TaskSpec
-from pipeline.data.tasks import load_examples, task_cutoffs
 from pipeline.serving.tracking import Tracker, git_commit
-from pipeline.training.trainer import TrainConfig, Trainer
+from pipeline.training.evaluate import plot_curves
+from pipeline.training.prepare import PreparedTask
+from pipeline.training.zoo import MODELS, model_entry
 
-GBDT_MODELS = ("lightgbm", "lightgbm_flat")
-ALL_MODELS = GNN_MODELS + GBDT_MODELS
-# What `relgraph run` (and so `make run`) trains unless told otherwise: the two
-# baselines every comparison needs (RelBench's flat one and the hand-built multi-hop one),
-# the message-passing model RelBench's reference is built on, and the transformer that
-# leads on churn. The other four double the run's time on 2 cores (README); `--models all`.
-DEFAULT_MODELS = ("lightgbm_flat", "lightgbm", "sage", "hgt")
 # Checkpoints of this many data versions (graph + labels) are kept per model.
 KEEP_CHECKPOINTS = 3
 
@@ -97,32 +86,20 @@ def _plots(task: TaskSpec, out_dir: Path, history: list[dict], y_true, scores) -
     return [Path(p) for p in paths + task.kind.plots(y_true, scores, out_dir)]
 
 
-def run_model(connect: Callable[[], ContextManager[duckdb.DuckDBPyConnection]],
-              spec: DatasetSpec, task: TaskSpec, graph: GraphArtifact, model: str,
-              config: TrainConfig, ctx: RunContext, seeds: int = 1, gbdt_config=None) -> dict:
-    """Train `model` with seeds config.seed .. config.seed+seeds-1; return the result dict.
-
-    `connect()` opens the warehouse; graph models hold it only while reading their
-    examples, so a long training run does not keep other writers waiting.
-    """
-    if model not in ALL_MODELS:
-        raise ValueError(f"unknown model '{model}'; choose from {', '.join(ALL_MODELS)}")
+def run_model(prep: PreparedTask, model: str, config, ctx: RunContext, seeds: int = 1) -> dict:
+    """Train `model` (a row of the model table) with `config`, its family's config, for
+    seeds config.seed .. config.seed+seeds-1; return the result dict."""
+    entry = model_entry(model)
+    spec, task, graph_hash = prep.spec, prep.task, prep.graph.hash if prep.graph else ""
     experiment_id = parent_id = None
     if ctx.tracker is not None:
         ctx.tracker.check()
         experiment_id = ctx.tracker.experiment(spec.name, task.name)
         parent_id = ctx.tracker.parent_run(experiment_id, ctx.dagster_run_id,
                                            {"dataset": spec.name, "task": task.name,
-                                            "graph_hash": graph.hash, **ctx.extra_tags})
-    with connect() as con:
-        cuts = task_cutoffs(con, spec, task)
-        if model in GNN_MODELS:
-            splits = {s: load_examples(con, task, s) for s in ("train", "val", "test")}
-    if model in GNN_MODELS:
-        # The training graph holds no row after the test cutoff (rules of time).
-        train_data = graph.truncate(cuts.test)
+                                            "graph_hash": graph_hash, **ctx.extra_tags})
     model_dir = ctx.paths.checkpoints / spec.name / task.name / model
-    ckpt_dir = model_dir / data_key(graph.hash, task, cuts)
+    ckpt_dir = model_dir / data_key(graph_hash, task, prep.cutoffs)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     os.utime(ckpt_dir)  # in use: the newest for prune_checkpoints
     runs = []
@@ -130,51 +107,33 @@ def run_model(connect: Callable[[], ContextManager[duckdb.DuckDBPyConnection]],
         seed = config.seed + i
         t0 = time.perf_counter()
         out_dir = ctx.paths.results / spec.name / task.name / model / f"seed{seed}"
-        if model in GNN_MODELS:
-            cfg = replace(config, model=model, seed=seed)
-            trainer = Trainer(train_data, graph.feature_meta, task, splits, cfg, ckpt_dir,
-                              progress=ctx.progress, log=ctx.log)
-            res = trainer.fit()
-            params = {**asdict(cfg), "num_parameters": res.num_parameters}
-            val_m, test_m, history = res.val_metrics, res.test_metrics, res.history
-            y_true, scores, throughput = res.test_true, res.test_scores, res.train_seeds_per_s
-            checkpoint = res.checkpoint
-        else:
-            from pipeline.models.gbdt import GBDTConfig, save_gbdt, train_gbdt
-
-            gcfg = replace(gbdt_config or GBDTConfig(), seed=seed)
-            with connect() as con:
-                res = train_gbdt(con, spec, task, flat=(model == "lightgbm_flat"), config=gcfg)
-            params = asdict(gcfg)
-            val_m, test_m = res.val_metrics, res.test_metrics
-            history = [{"epoch": r.get("round", k + 1), f"val_{task.metric}": r[f"val_{task.metric}"]}
-                       for k, r in enumerate(res.history)] if res.history else []
-            y_true, scores, throughput = res.test_true, res.test_pred, float("nan")
-            checkpoint = str(save_gbdt(res.model, ckpt_dir / f"seed{seed}"))
+        fit = entry.family.fit(entry, replace(config, seed=seed), prep, ckpt_dir,
+                               progress=ctx.progress, log=ctx.log)
+        val_m, test_m = fit.val_metrics, fit.test_metrics
         seconds = time.perf_counter() - t0
-        plots = _plots(task, out_dir, history, y_true, scores)
+        plots = _plots(task, out_dir, fit.history, fit.test_true, fit.test_scores)
         metrics = {**{f"val_{k}": v for k, v in val_m.items()},
                    **{f"test_{k}": v for k, v in test_m.items()}}
         run_id = None
         if ctx.tracker is not None:
             run_id = ctx.tracker.log_model_run(
                 experiment_id, parent_id, model=model,
-                params={**params, "graph_hash": graph.hash, "git_commit": git_commit() or "",
+                params={**fit.params, "graph_hash": graph_hash, "git_commit": git_commit() or "",
                         "seed": seed},
-                history=history, metrics={**metrics, "train_seconds": seconds},
-                tags={"dataset": spec.name, "task": task.name, "graph_hash": graph.hash,
+                history=fit.history, metrics={**metrics, "train_seconds": seconds},
+                tags={"dataset": spec.name, "task": task.name, "graph_hash": graph_hash,
                       "dagster_run_id": ctx.dagster_run_id, **ctx.extra_tags},
                 artifacts=plots)
         ctx.log(f"{task.name}/{model} seed {seed}: val_{task.metric}={val_m.get(task.metric):.4f} "
                 f"test_{task.metric}={test_m.get(task.metric):.4f} ({seconds:.1f}s)")
         runs.append({"seed": seed, "metrics": metrics, "seconds": seconds, "mlflow_run_id": run_id,
-                     "train_seeds_per_s": throughput, "checkpoint": checkpoint,
+                     "train_seeds_per_s": fit.train_seeds_per_s, "checkpoint": fit.checkpoint,
                      "plots": [str(p) for p in plots]})
     prune_checkpoints(model_dir, ctx.keep_checkpoints)
     keys = sorted({k for r in runs for k in r["metrics"]})
     result = {
         "dataset": spec.name, "task": task.name, "model": model, "metric": task.metric,
-        "dagster_run_id": ctx.dagster_run_id, "graph_hash": graph.hash,
+        "dagster_run_id": ctx.dagster_run_id, "graph_hash": graph_hash,
         "experiment": f"relgraph/{spec.name}/{task.name}", "mlflow_parent_run_id": parent_id,
         "runs": runs,
         "summary": {k: _summary([r["metrics"].get(k, float("nan")) for r in runs]) for k in keys},
@@ -190,7 +149,7 @@ def load_results(paths: DataPaths, dataset: str, task: str, run_id: str | None =
 
     Only `<model>.json` counts: the same directory holds tuning results (`tune_<model>.json`)."""
     out = {}
-    for model in ALL_MODELS:
+    for model in MODELS:
         f = paths.results / dataset / task / f"{model}.json"
         if not f.exists():
             continue

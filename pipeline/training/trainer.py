@@ -29,7 +29,8 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from pipeline.training import distributed
-from pipeline.models import ModelConfig, build_model
+from pipeline.training.distributed import resolve_device
+from pipeline.models.config import ModelConfig
 from pipeline.models.heads import TargetHistory, TaskHead
 from pipeline.graph.sampling import make_loader
 from pipeline.data.spec import TaskSpec
@@ -37,19 +38,16 @@ from pipeline.data.tasks import Examples
 
 
 @dataclass
-class TrainConfig:
-    """Hyper-parameters of one graph-model training run (every field has a working default)."""
+class TrainConfig(ModelConfig):
+    """One graph-model training run: the architecture (ModelConfig's fields) and how it is
+    trained. Every field has a working default, written once (here or in ModelConfig)."""
 
     model: str = "sage"
-    hidden: int = 64
-    layers: int = 3                # customer <- orders <- items <- products (with their degrees)
     fanouts: tuple[int, ...] = (16, 8, 4)
     epochs: int = 12
     batch_size: int = 512
     lr: float = 3e-3
     weight_decay: float = 1e-4
-    dropout: float = 0.1
-    heads: int = 4
     patience: int = 4
     seed: int = 0
     device: str = "auto"
@@ -57,11 +55,10 @@ class TrainConfig:
     max_steps_per_epoch: int = 0   # 0: the whole training split every epoch
     amp: bool = True               # bf16 autocast, on CUDA only
     nproc: int = 1                 # processes training together; batch_size is split across them
-    # rgt only (see RelationalGraphTransformer): tokens per seed, learned global tokens,
-    # message-passing rounds before attention
-    max_tokens: int = ModelConfig.max_tokens
-    global_tokens: int = ModelConfig.global_tokens
-    local_layers: int = ModelConfig.local_layers
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.fanouts = tuple(self.fanouts)  # JSON and the Launchpad give lists
 
     def key(self) -> str:
         """A short hash naming this configuration (checkpoints are per configuration)."""
@@ -76,7 +73,8 @@ class TrainConfig:
         return hashlib.sha256(blob).hexdigest()[:12]
 
 
-LATER_FIELDS = ("nproc", "max_tokens", "global_tokens", "local_layers")
+LATER_FIELDS = ("nproc", "max_tokens", "global_tokens", "local_layers", "aggr", "norm", "act",
+                "max_hops", "time_periods_days")
 
 
 @dataclass
@@ -101,15 +99,6 @@ class TrainResult:
     coverage: list[dict] = field(default_factory=list)
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device '{name}' requested but CUDA is not available here")
-    return device
-
-
 class Predictor(nn.Module):
     """A graph model (seed embeddings [B, hidden]) followed by the task head; for link
     prediction, plus the seed's own history of each target (`TargetHistory`)."""
@@ -127,12 +116,17 @@ class Predictor(nn.Module):
         return out
 
 
-def build_predictor(config: TrainConfig, feature_meta: dict, metadata, task: TaskSpec,
-                    num_targets: int | None = None, num_classes: int | None = None) -> Predictor:
-    model_cfg = ModelConfig(hidden=config.hidden, layers=config.layers, dropout=config.dropout,
-                            heads=config.heads, max_tokens=config.max_tokens,
-                            global_tokens=config.global_tokens, local_layers=config.local_layers)
-    encoder = build_model(config.model, feature_meta, metadata, task.entity_table, model_cfg)
+# Builds a graph model from a graph's schema and its configuration:
+# (feature_meta, metadata, entity_type, config) -> module with forward(batch) -> [B, hidden].
+GraphBuilder = Callable[[dict, tuple, str, ModelConfig], nn.Module]
+
+
+def build_predictor(build: GraphBuilder, config: TrainConfig, feature_meta: dict, metadata,
+                    task: TaskSpec, num_targets: int | None = None,
+                    num_classes: int | None = None) -> Predictor:
+    """The model `build` makes of `config`, with the task's head (the model table's
+    entry for `config.model` holds `build`)."""
+    encoder = build(feature_meta, metadata, task.entity_table, config)
     head = TaskHead(task.type, config.hidden, num_classes=num_classes, num_targets=num_targets)
     history = None
     if task.kind.ranks_targets:
@@ -169,9 +163,9 @@ class Trainer:
     """
 
     def __init__(self, data, feature_meta: dict, task: TaskSpec, splits: dict[str, Examples],
-                 config: TrainConfig, checkpoint_dir: Path, progress: bool = True,
-                 log: Callable[[str], None] | None = None):
-        self.task, self.splits, self.config = task, splits, config
+                 config: TrainConfig, checkpoint_dir: Path, *, build: GraphBuilder,
+                 progress: bool = True, log: Callable[[str], None] | None = None):
+        self.task, self.splits, self.config, self.build = task, splits, config, build
         self.rank, self.world = distributed.group() if config.nproc > 1 else (0, 1)
         if self.world not in (1, config.nproc):
             raise ValueError(f"nproc={config.nproc}, but the process group has {self.world} processes")
@@ -190,7 +184,7 @@ class Trainer:
         self.num_targets = self.data[task.target_table].num_nodes if task.kind.ranks_targets else None
         self.num_classes = task.kind.num_classes(task, splits["train"].label)
         torch.manual_seed(config.seed)
-        self.model = build_predictor(config, feature_meta, self.data.metadata(), task,
+        self.model = build_predictor(build, config, feature_meta, self.data.metadata(), task,
                                      self.num_targets, self.num_classes).to(self.device)
         if task.kind.ranks_targets:
             # popular targets start ahead (train labels only)
@@ -430,8 +424,8 @@ def predict_scores(model: nn.Module, data, task: TaskSpec, ex: Examples, config:
     return task.kind.to_scores(out, y_mean, y_std).numpy()
 
 
-def load_predictor(checkpoint: str | Path, feature_meta: dict, metadata, task: TaskSpec,
-                   device: torch.device | None = None):
+def load_predictor(checkpoint: str | Path, build: GraphBuilder, feature_meta: dict, metadata,
+                   task: TaskSpec, device: torch.device | None = None):
     """Rebuild a trained model from its best.pt: (predictor, config, y_mean, y_std)."""
     device = device or torch.device("cpu")
     state = torch.load(checkpoint, map_location=device, weights_only=True)
@@ -440,10 +434,9 @@ def load_predictor(checkpoint: str | Path, feature_meta: dict, metadata, task: T
         if changed:
             raise ValueError(f"{checkpoint}: the graph's features differ from the ones the model "
                              f"was trained on ({'; '.join(changed)}); retrain the model on this graph")
-    config = TrainConfig(**{**json.loads(state["config"]),
-                            "fanouts": tuple(json.loads(state["config"])["fanouts"])})
-    model = build_predictor(config, feature_meta, metadata, task, int(state["num_targets"]) or None,
-                            int(state["num_classes"]) or None)
+    config = TrainConfig(**json.loads(state["config"]))
+    model = build_predictor(build, config, feature_meta, metadata, task,
+                            int(state["num_targets"]) or None, int(state["num_classes"]) or None)
     model.load_state_dict(state["model"])
     return model.to(device), config, float(state["y_mean"]), float(state["y_std"])
 

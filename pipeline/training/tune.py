@@ -25,95 +25,48 @@ import json
 import math
 import tempfile
 import time
-import warnings
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, fields, replace
 from pathlib import Path
-from typing import Callable, ContextManager
+from typing import Callable
 
 import duckdb
 import optuna
-from optuna.distributions import (BaseDistribution, CategoricalDistribution, FloatDistribution,
-                                  IntDistribution)
+from optuna.distributions import BaseDistribution, CategoricalDistribution, IntDistribution
 
-from pipeline.training.evaluate import MetricWarning
-from pipeline.training.experiment import GBDT_MODELS
-from pipeline.graph.build import GraphArtifact
-from pipeline.models import GNN_MODELS
-from pipeline.models.gbdt import GBDTConfig, train_gbdt
-from pipeline.paths import DataPaths
 from pipeline.data.spec import DatasetSpec, TaskSpec
-from pipeline.data.sqlutil import q
-from pipeline.data.tasks import load_examples, task_cutoffs
+from pipeline.paths import DataPaths
 from pipeline.serving.tracking import Tracker, git_commit
-from pipeline.training.trainer import TrainConfig, Trainer
-
-# Graph models. `fanout` is the first hop's fanout; each further hop takes half as many
-# neighbours (16 with 3 layers -> (16, 8, 4), the shipped default), so `layers` and the
-# fanouts match.
-GRAPH_SPACE: dict[str, BaseDistribution] = {
-    "hidden": CategoricalDistribution((32, 64, 128)),
-    "layers": IntDistribution(1, 3),
-    "fanout": CategoricalDistribution((8, 16, 32)),
-    "lr": FloatDistribution(3e-4, 1e-2, log=True),
-    "dropout": FloatDistribution(0.0, 0.5),
-    "weight_decay": FloatDistribution(1e-6, 1e-2, log=True),
-}
-# Only the attention models read `heads`; every hidden width above is divisible by each.
-ATTENTION_SPACE: dict[str, BaseDistribution] = {"heads": CategoricalDistribution((2, 4, 8))}
-ATTENTION_MODELS = ("gat", "hgt", "rgt")
-GBDT_SPACE: dict[str, BaseDistribution] = {
-    "num_leaves": IntDistribution(8, 128, log=True),
-    "learning_rate": FloatDistribution(0.01, 0.2, log=True),
-    "min_child_samples": IntDistribution(5, 100, log=True),
-    "feature_fraction": FloatDistribution(0.5, 1.0),
-}
-# `lightgbm`'s counterpart of a graph model's depth: how far its aggregates reach
-# (`lightgbm_flat` reads the entity's own row only and has no such knob).
-GBDT_HOPS_SPACE: dict[str, BaseDistribution] = {"max_hops": IntDistribution(1, 3)}
+from pipeline.training.prepare import PreparedTask, prepare_task
+from pipeline.training.zoo import model_entry
 
 
 def search_space(model: str) -> dict[str, BaseDistribution]:
-    """The default search space of `model` (names are config fields, but `fanout`)."""
-    if model in GNN_MODELS:
-        return {**GRAPH_SPACE, **(ATTENTION_SPACE if model in ATTENTION_MODELS else {})}
-    if model in GBDT_MODELS:
-        return {**GBDT_SPACE, **(GBDT_HOPS_SPACE if model == "lightgbm" else {})}
-    raise ValueError(f"unknown model '{model}'; choose from {', '.join(GNN_MODELS + GBDT_MODELS)}")
+    """The default search space of `model` (its family's space and the entry's own)."""
+    entry = model_entry(model)
+    return entry.family.search_space(entry)
 
 
-def default_config(model: str) -> TrainConfig | GBDTConfig:
+def default_config(model: str):
     """The configuration `relgraph run` trains `model` with."""
-    return GBDTConfig() if model in GBDT_MODELS else TrainConfig(model=model)
+    return model_entry(model).default_config()
 
 
-def trial_config(model: str, base: TrainConfig | GBDTConfig, params: dict):
-    """`base` with the searched `params` set (for graph models, `fanout` and `layers`
-    become the matching `fanouts`)."""
-    if model in GBDT_MODELS:
-        return replace(base, **params)
-    fields = {k: v for k, v in params.items() if k != "fanout"}
-    cfg = replace(base, model=model, **fields)
-    if "fanout" in params or "layers" in params:
-        first = params.get("fanout", base.fanouts[0])
-        cfg = replace(cfg, fanouts=tuple(max(first >> i, 1) for i in range(cfg.layers)))
-    return cfg
+def trial_config(model: str, base, params: dict):
+    """`base` with the searched `params` set."""
+    entry = model_entry(model)
+    return entry.family.trial_config(entry, base, params)
 
 
-def base_params(model: str, base: TrainConfig | GBDTConfig,
-                space: dict[str, BaseDistribution]) -> dict:
+def base_params(model: str, base, space: dict[str, BaseDistribution]) -> dict:
     """The point of `space` that is `base` (trial 0); a clear error when there is none."""
-    params = {name: base.fanouts[0] if name == "fanout" else getattr(base, name) for name in space}
+    entry = model_entry(model)
+    params = entry.family.base_params(entry, base, space)
     outside = [f"{n}={v!r} (space: {space[n]})" for n, v in params.items()
                if not _contains(space[n], v)]
     if outside:
         raise ValueError(f"{model}: the base configuration lies outside the search space: "
                          f"{'; '.join(outside)}; widen the space or change the base")
-    rebuilt = trial_config(model, base, params)
-    if rebuilt != (base if model in GBDT_MODELS else replace(base, model=model)):
-        raise ValueError(f"{model}: the base configuration is not a point of the search space "
-                         f"(fanouts {base.fanouts} are not the first hop's fanout halved at "
-                         f"each of {base.layers} layers); use such fanouts or search 'fanouts' apart")
     return params
 
 
@@ -131,88 +84,29 @@ def _suggest(trial: optuna.Trial, name: str, dist: BaseDistribution):
     return trial.suggest_float(name, dist.low, dist.high, step=dist.step, log=dist.log)
 
 
-@dataclass
-class _Outcome:
-    """What one trial measured on val: all of the task's metrics at the best epoch."""
-
-    val_metrics: dict[str, float]
-    best_epoch: int
-    history: list[dict]
-
-
-def _graph_trial(cfg: TrainConfig, data, graph: GraphArtifact, task: TaskSpec, splits: dict,
-                 workdir: Path) -> _Outcome:
-    """Train on `train`, evaluate `val` after every epoch, stop after `patience` epochs
-    without improvement: `Trainer.fit`'s loop, without its checkpoints and without its
-    final evaluation of test. The best epoch's val metrics are the ones `fit` reports
-    (it reloads that epoch's weights and scores val with the same seeded sampler)."""
-    trainer = Trainer(data, graph.feature_meta, task, splits, cfg, workdir, progress=False)
-    metric = task.metric
-    history, best, best_epoch, bad, best_metrics = [], None, 0, 0, {}
-    for epoch in range(1, cfg.epochs + 1):
-        if bad >= cfg.patience:
-            break
-        loss, _ = trainer._train_epoch(epoch)
-        metrics, _ = trainer.evaluate("val")
-        history.append({"epoch": epoch, "train_loss": loss, f"val_{metric}": metrics[metric]})
-        if trainer._better(metrics[metric], best):
-            best, best_epoch, bad, best_metrics = metrics[metric], epoch, 0, metrics
-        else:
-            bad += 1
-    return _Outcome(best_metrics, best_epoch, history)
-
-
-def _gbdt_trial(connect: Callable[[], ContextManager[duckdb.DuckDBPyConnection]],
-                spec: DatasetSpec, task: TaskSpec, model: str, cfg: GBDTConfig) -> _Outcome:
-    """train_gbdt on a temporary view of the task table without its test rows: the
-    features, the early stopping on val and the val metrics are those of a full run."""
-    view = f"tune_{task.name}_train_val"
-    with connect() as con:
-        con.execute(f"CREATE OR REPLACE TEMP VIEW {q(view)} AS SELECT * FROM main.{q(f'task_{task.name}')} "
-                    "WHERE split IN ('train', 'val')")
-        try:
-            with warnings.catch_warnings():
-                # the empty test split's metrics are NaN by construction; nothing to report
-                warnings.filterwarnings("ignore", message="test: ", category=MetricWarning)
-                res = train_gbdt(con, spec, task, flat=(model == "lightgbm_flat"), config=cfg,
-                                 task_table=view)
-        finally:
-            con.execute(f"DROP VIEW IF EXISTS {q(view)}")
-    history = [{k: v for k, v in row.items() if k == "epoch" or k.startswith("val_")}
-               for row in res.history]
-    return _Outcome(res.val_metrics, res.model.best_iteration, history)
-
-
-def tune(connect: Callable[[], ContextManager[duckdb.DuckDBPyConnection]], spec: DatasetSpec,
-         task: TaskSpec, graph: GraphArtifact | None, model: str, trials: int, *,
-         paths: DataPaths, tracker: Tracker | None = None, seed: int = 0,
-         timeout_s: float | None = None, base: TrainConfig | GBDTConfig | None = None,
-         space: dict[str, BaseDistribution] | None = None,
+def tune(prep: PreparedTask, model: str, trials: int, *, paths: DataPaths,
+         tracker: Tracker | None = None, seed: int = 0, timeout_s: float | None = None,
+         base=None, space: dict[str, BaseDistribution] | None = None,
          log: Callable[[str], None] = print) -> dict:
     """Search `model`'s hyper-parameters on val; write and return the result dict.
 
-    `connect()` opens the warehouse (read-only is enough). `graph` is needed by graph
-    models only. `base` (default: the shipped configuration) fixes every field that is
-    not searched (epochs, patience, batch size, the training seed, ...) and is trial 0;
+    `prep` is the prepared task (its warehouse connection may be read-only; graph models
+    need its graph). `base` (default: the shipped configuration) fixes every field that
+    is not searched (epochs, patience, batch size, the training seed, ...) and is trial 0;
     `space` defaults to `search_space(model)`. `seed` seeds the sampler. The search stops
     after `trials` trials or, when `timeout_s` is given, at the first trial that ends
     after it.
     """
     if trials < 1:
         raise ValueError(f"trials must be at least 1, got {trials}")
+    entry = model_entry(model)
+    spec, task = prep.spec, prep.task
     space = search_space(model) if space is None else space
     base = default_config(model) if base is None else base
-    graph_model = model in GNN_MODELS
-    if graph_model:
-        if graph is None:
-            raise ValueError(f"{model} is a graph model: tune needs the graph")
-        if base.nproc != 1:
-            raise ValueError(f"tune trains in one process; the base config has nproc={base.nproc}")
-        base = replace(base, model=model)
     first = base_params(model, base, space)
     metric = task.metric
     experiment_id = parent_id = None
-    graph_hash = graph.hash if graph is not None else ""
+    graph_hash = prep.graph.hash if prep.graph is not None else ""
     tags = {"dataset": spec.name, "task": task.name, "search": "true",
             **({"graph_hash": graph_hash} if graph_hash else {})}
     if tracker is not None:
@@ -224,23 +118,13 @@ def tune(connect: Callable[[], ContextManager[duckdb.DuckDBPyConnection]], spec:
             "space": json.dumps({k: repr(v) for k, v in space.items()}),
             "git_commit": git_commit() or ""})
 
-    with connect() as con:
-        cuts = task_cutoffs(con, spec, task)
-        # Only the splits a trial may look at are loaded at all.
-        splits = {s: load_examples(con, task, s) for s in ("train", "val")} if graph_model else {}
-    # The training graph holds no row after the test cutoff (rules of time).
-    data = graph.truncate(cuts.test) if graph_model else None
-
     def objective(trial: optuna.Trial) -> float:
         params = {name: _suggest(trial, name, dist) for name, dist in space.items()}
         cfg = trial_config(model, base, params)
         t0 = time.perf_counter()
-        if graph_model:
-            # The Trainer wants a checkpoint directory; this loop writes no checkpoint.
-            with tempfile.TemporaryDirectory() as workdir:
-                out = _graph_trial(cfg, data, graph, task, splits, Path(workdir))
-        else:
-            out = _gbdt_trial(connect, spec, task, model, cfg)
+        # A trial may want a scratch directory; it keeps nothing there.
+        with tempfile.TemporaryDirectory() as workdir:
+            out = entry.family.trial(entry, cfg, prep, Path(workdir))
         seconds = time.perf_counter() - t0
         value = out.val_metrics.get(metric, math.nan)
         trial.set_user_attr("val_metrics", out.val_metrics)
@@ -249,7 +133,7 @@ def tune(connect: Callable[[], ContextManager[duckdb.DuckDBPyConnection]], spec:
         if tracker is not None:
             run_id = tracker.log_model_run(
                 experiment_id, parent_id, model=model,
-                params={**asdict(cfg), **params, "trial": trial.number},
+                params={**entry.family.log_params(cfg), **params, "trial": trial.number},
                 history=out.history,
                 metrics={**{f"val_{k}": v for k, v in out.val_metrics.items()},
                          "best_epoch": out.best_epoch, "train_seconds": seconds},
@@ -366,11 +250,8 @@ def tune_dataset(spec: DatasetSpec, task: TaskSpec, model: str, trials: int, *, 
                  timeout_s: float | None = None, epochs: int | None = None,
                  paths: DataPaths | None = None, log: Callable[[str], None] = print) -> dict:
     """`tune` on a data directory whose warehouse, task table and graph are built (what
-    `relgraph tune` runs after materializing them); `epochs` is the graph models' budget."""
-    from pipeline.graph.features import FeatureConfig
-    from pipeline.graph.build import build_graph
-    from pipeline.data.tasks import encoder_fit_cutoff
-
+    `relgraph tune` runs after materializing them); `epochs` is the epoch budget of
+    models whose configuration has one."""
     paths = paths or DataPaths.from_env()
 
     @contextmanager
@@ -381,12 +262,12 @@ def tune_dataset(spec: DatasetSpec, task: TaskSpec, model: str, trials: int, *, 
         finally:
             con.close()
 
-    graph, base = None, default_config(model)
-    if model in GNN_MODELS:
-        with connect() as con:  # the cached graph the training assets use
-            graph = build_graph(con, spec, encoder_fit_cutoff(con, spec), FeatureConfig(),
-                                paths.graphs / spec.name)
-        if epochs:
-            base = replace(base, epochs=epochs)
-    return tune(connect, spec, task, graph, model, trials, paths=paths,
-                tracker=Tracker.default(paths), seed=seed, timeout_s=timeout_s, base=base, log=log)
+    entry = model_entry(model)
+    base = default_config(model)
+    if epochs and "epochs" in {f.name for f in fields(base)}:
+        base = replace(base, epochs=epochs)
+    # the cached graph the training assets use
+    prep = prepare_task(connect, spec, task,
+                        graphs_dir=paths.graphs / spec.name if entry.family.needs_graph else None)
+    return tune(prep, model, trials, paths=paths, tracker=Tracker.default(paths), seed=seed,
+                timeout_s=timeout_s, base=base, log=log)
