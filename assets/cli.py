@@ -56,9 +56,9 @@ def _prepare_env(dataset: str | None = None) -> None:
 
 
 def _load(args):
-    from pipeline.data.spec import load_spec
+    from pipeline.data.datasets import load_dataset
 
-    spec = load_spec(args.dataset)
+    spec = load_dataset(args.dataset)
     if getattr(args, "scale", None):
         if spec.source.kind != "synthetic":
             raise SystemExit(f"--scale applies to the synthetic source only; {args.dataset} "

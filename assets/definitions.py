@@ -23,7 +23,8 @@ from assets.schedules import nightly_schedule
 from assets.sensors import new_data_sensor, run_failure_alert
 from assets.tasks import task_assets
 from assets.training import training_assets
-from pipeline.data.spec import DatasetSpec, load_spec
+from pipeline.data.datasets import load_dataset
+from pipeline.data.spec import DatasetSpec
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -54,7 +55,7 @@ def build_definitions(specs: list[DatasetSpec] | None = None,
                       executor: dg.ExecutorDefinition | None = LOCAL_EXECUTOR) -> dg.Definitions:
     """Every dataset's assets, checks, nightly job, schedule and sensors; `executor` is the
     default of every job (None: Dagster's own, for a deployment that brings its own)."""
-    specs = specs if specs is not None else [load_spec(p) for p in dataset_paths()]
+    specs = specs if specs is not None else [load_dataset(p) for p in dataset_paths()]
     assets = [a for spec in specs for a in dataset_assets(spec)]
     jobs = {spec.name: nightly_job(spec) for spec in specs}
     checks = freshness_checks(specs)

@@ -18,7 +18,7 @@ from pipeline.graph.build import prune_cache
 from pipeline.serving.registry import best_of_run, champion_gate, register_run, version_uri
 from pipeline.training.report import comparison
 from pipeline.data.spec import DatasetSpec
-from pipeline.serving.tracking import run_url
+from pipeline.training.tracking import run_url
 
 MLFLOW_UI_DEFAULT = "http://127.0.0.1:5000"
 

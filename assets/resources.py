@@ -11,7 +11,7 @@ import duckdb
 from dagster_duckdb import DuckDBResource
 
 from pipeline.paths import DataPaths
-from pipeline.serving.tracking import Tracker
+from pipeline.training.tracking import Tracker
 
 
 class PathsResource(dg.ConfigurableResource):

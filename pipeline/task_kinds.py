@@ -126,12 +126,12 @@ class Binary(TaskKind):
         return torch.sigmoid(out)
 
     def compute_metrics(self, y_true, y_score, split=None, k=10):
-        from pipeline.training.evaluate import binary_metrics
+        from pipeline.evaluate import binary_metrics
 
         return binary_metrics(np.asarray(y_true), np.asarray(y_score, dtype=np.float64), split)
 
     def plots(self, y_true, scores, out_dir):
-        from pipeline.training.evaluate import plot_roc_pr
+        from pipeline.evaluate import plot_roc_pr
 
         return [plot_roc_pr(np.asarray(y_true), np.asarray(scores), out_dir / "roc_pr.png")]
 
@@ -172,7 +172,7 @@ class Multiclass(TaskKind):
                 ("predicted_class", pa.array(scores.argmax(1)))]
 
     def compute_metrics(self, y_true, y_score, split=None, k=10):
-        from pipeline.training.evaluate import multiclass_metrics
+        from pipeline.evaluate import multiclass_metrics
 
         return multiclass_metrics(np.asarray(y_true), np.asarray(y_score, dtype=np.float64), split)
 
@@ -202,13 +202,13 @@ class Regression(TaskKind):
         return out * y_std + y_mean
 
     def compute_metrics(self, y_true, y_score, split=None, k=10):
-        from pipeline.training.evaluate import regression_metrics
+        from pipeline.evaluate import regression_metrics
 
         return regression_metrics(np.asarray(y_true, dtype=np.float64),
                                   np.asarray(y_score, dtype=np.float64), split)
 
     def plots(self, y_true, scores, out_dir):
-        from pipeline.training.evaluate import plot_pred_vs_true
+        from pipeline.evaluate import plot_pred_vs_true
 
         return [plot_pred_vs_true(np.asarray(y_true), np.asarray(scores),
                                   out_dir / "pred_vs_true.png")]
@@ -231,7 +231,7 @@ class LinkPrediction(TaskKind):
         return hidden  # scored against one embedding per target row
 
     def compute_metrics(self, y_true, y_score, split=None, k=10):
-        from pipeline.training.evaluate import ranking_metrics
+        from pipeline.evaluate import ranking_metrics
 
         return ranking_metrics(y_true, y_score, split, k)
 
@@ -239,7 +239,7 @@ class LinkPrediction(TaskKind):
         import pyarrow as pa
         import pyarrow.compute as pc
 
-        from pipeline.training.evaluate import top_k_ids
+        from pipeline.evaluate import top_k_ids
 
         ids = scores if scores.ndim == 2 and scores.dtype.kind == "i" else top_k_ids(scores, k)
         flat = ids.reshape(-1)

@@ -27,7 +27,7 @@ import yaml
 from conftest import PG_URI_DEFAULT, PG_URI_ENV, _no_server
 from assets.definitions import dataset_assets
 from pipeline.data.spec import load_spec
-from pipeline.serving.tracking import Tracker
+from pipeline.training.tracking import Tracker
 from test_dagster import _resources, _write_shop
 
 try:

@@ -5,7 +5,7 @@ import pyarrow as pa
 import pytest
 from scipy.sparse import csr_matrix
 
-from pipeline.training.evaluate import (
+from pipeline.evaluate import (
     MetricWarning,
     metrics_markdown,
     plot_curves,

@@ -38,7 +38,7 @@ from pipeline.paths import DataPaths
 from pipeline.data.sources import open_source
 from pipeline.data.spec import load_spec
 from pipeline.data.tasks import build_task_table
-from pipeline.serving.tracking import Tracker, TrackingError
+from pipeline.training.tracking import Tracker, TrackingError
 from pipeline.training.trainer import TrainConfig, load_predictor
 from pipeline.training.zoo import make_trainer, model_entry
 from pipeline.data.warehouse import extract_table

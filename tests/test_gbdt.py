@@ -7,7 +7,7 @@ import polars as pl
 import pyarrow as pa
 import pytest
 
-from pipeline.training.evaluate import MetricWarning
+from pipeline.evaluate import MetricWarning
 from pipeline.models.gbdt import (
     GBDTConfig,
     GBDTModel,

@@ -28,7 +28,7 @@ from pipeline.paths import DataPaths
 from pipeline.serving.registry import (CHALLENGER, CHAMPION, RegistryError, beats, load_version,
                                registered_name)
 from pipeline.data.spec import load_spec
-from pipeline.serving.tracking import Tracker, mlflow_uri
+from pipeline.training.tracking import Tracker, mlflow_uri
 
 REPO = Path(__file__).resolve().parent.parent
 TASK = "customer_churn"

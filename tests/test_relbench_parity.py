@@ -4,7 +4,7 @@ For every task of the three folders of tests/relbench_folders.py (seasonal resul
 40-window tasks, a recommendation task with late destinations, hosted labels with
 remove_columns), relgraph's train/val/test tables hold row for row the (entity,
 timestamp) keys and labels of relbench 3.0.2's own
-`load_dataset(DIR).load_task(T).get_table(split, mask_input_cols=False)`.
+relbench's `load_dataset(DIR).load_task(T).get_table(split, mask_input_cols=False)`.
 
 One deliberate difference: relbench keeps rows whose entity is NULL (its cut at
 test_timestamp turns a foreign key into NULL and `driver-position` groups by it);
@@ -40,7 +40,8 @@ from pipeline.data.relbench_folder import (  # noqa: E402
     spec_from_relbench_folder,
 )
 from pipeline.data.sources import open_source  # noqa: E402
-from pipeline.data.spec import SpecError, TaskSpec, load_spec, safe_name  # noqa: E402
+from pipeline.data.datasets import load_dataset  # noqa: E402
+from pipeline.data.spec import SpecError, TaskSpec, safe_name  # noqa: E402
 from pipeline.data.tasks import TaskError, build_task_table, task_cutoffs  # noqa: E402
 from pipeline.data.warehouse import extract_table  # noqa: E402
 
@@ -59,7 +60,7 @@ def _warehouse(spec, data_dir):
 def _load(folder):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RelBenchManifestWarning)
-        return load_spec(folder)
+        return load_dataset(folder)
 
 
 @pytest.fixture(scope="module")
@@ -214,7 +215,7 @@ def test_printed_yaml_spec_is_the_same_dataset(built, tmp_path):
     assert "# task patient-age left out: autocomplete" in text
     out = tmp_path / "clinic.yaml"
     out.write_text(text)
-    again = load_spec(out)
+    again = load_dataset(out)
     assert again.tasks == spec.tasks and again.tables == spec.tables
 
 
@@ -242,7 +243,7 @@ def test_export_relbench_round_trip(tmp_path):
     the folder gives relbench's label tables, and those are relgraph's own labels of the
     original spec under RelBench's options (keys renumbered 0..n-1 in time order = the
     warehouse's __id)."""
-    spec = load_spec(REPO / "datasets" / "ecommerce.yaml")
+    spec = load_dataset(REPO / "datasets" / "ecommerce.yaml")
     spec = dataclasses.replace(spec, source=dataclasses.replace(spec.source, scale=1000))
     con = _warehouse(spec, tmp_path)
     report = export_relbench(spec, con, tmp_path / "ecommerce")
@@ -338,7 +339,7 @@ def test_bad_folders_name_file_and_key(clinic):
     shutil.rmtree(clinic / "tasks" / "patient_cost", ignore_errors=True)
     (clinic / "manifest.yaml").unlink()
     with pytest.raises(SpecError, match="not a RelBench folder"):
-        load_spec(clinic)
+        load_dataset(clinic)
     with pytest.raises(SpecError, match=r"manifest.yaml: no such file"):
         spec_from_relbench_folder(clinic)
 

@@ -52,7 +52,7 @@ from pipeline.training.experiment import load_results
 from pipeline.paths import DataPaths
 from pipeline.serving.registry import CHALLENGER, CHAMPION, registered_name, version_uri
 from pipeline.data.spec import load_spec
-from pipeline.serving.tracking import Tracker
+from pipeline.training.tracking import Tracker
 
 pytestmark = pytest.mark.soak
 

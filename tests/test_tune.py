@@ -24,7 +24,7 @@ from pipeline.training.zoo import ALL_MODELS
 from pipeline.models.gbdt import GBDTConfig, train_gbdt
 from pipeline.paths import DataPaths
 from pipeline.data.spec import load_spec
-from pipeline.serving.tracking import Tracker
+from pipeline.training.tracking import Tracker
 from pipeline.training.trainer import TrainConfig
 from pipeline.training.zoo import make_trainer
 from pipeline.training.tune import base_params, default_config, search_space, trial_config, tune

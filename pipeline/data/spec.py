@@ -617,15 +617,11 @@ def parse_spec(raw: Any, path: Path | None = None) -> DatasetSpec:
 
 
 def load_spec(path: str | Path) -> DatasetSpec:
-    """Read and validate a dataset spec file, or a RelBench 3 folder (a directory holding
-    `manifest.yaml`; see pipeline/data/relbench_folder.py)."""
+    """Read and validate a dataset spec file (a RelBench folder: `pipeline.data.datasets`)."""
     path = Path(path)
     if path.is_dir():
-        from pipeline.data.relbench_folder import is_relbench_folder, spec_from_relbench_folder
-        if is_relbench_folder(path):
-            return spec_from_relbench_folder(path)
-        raise SpecError(f"{path}: a directory, but not a RelBench folder (no manifest.yaml); "
-                        "give a dataset spec file (.yaml) or a RelBench 3 folder")
+        raise SpecError(f"{path}: a directory, not a dataset spec file; load a RelBench 3 "
+                        "folder with pipeline.data.datasets.load_dataset")
     if not path.exists():
         raise SpecError(f"{path}: no such dataset spec file")
     try:

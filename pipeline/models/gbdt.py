@@ -45,7 +45,7 @@ import pyarrow as pa
 
 from pipeline.data.spec import DatasetSpec, ForeignKey, TaskSpec
 from pipeline.data.sqlutil import q
-from pipeline.training.evaluate import MetricWarning
+from pipeline.evaluate import MetricWarning
 
 TOP_K = 10
 _P_CUT, _A_CUT, _C_CUT = 'p."cutoff"', 'a."cutoff"', 'c."cutoff"'

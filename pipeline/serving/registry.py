@@ -50,7 +50,7 @@ from pipeline.data.sqlutil import q, q_list
 from pipeline.graph.build import build_graph
 from pipeline.graph.features import FeatureConfig
 from pipeline.paths import DataPaths
-from pipeline.serving.tracking import Tracker, mlflow_uri
+from pipeline.training.tracking import Tracker, mlflow_uri
 from pipeline.training.experiment import load_results
 from pipeline.training.family import ModelEntry
 from pipeline.training.graph_family import RegistryMismatch

@@ -20,8 +20,8 @@ from typing import Callable
 
 from pipeline.data.spec import TaskSpec
 from pipeline.paths import DataPaths
-from pipeline.serving.tracking import Tracker, git_commit
-from pipeline.training.evaluate import plot_curves
+from pipeline.training.tracking import Tracker, git_commit
+from pipeline.evaluate import plot_curves
 from pipeline.training.prepare import PreparedTask
 from pipeline.training.zoo import MODELS, model_entry
 

@@ -11,7 +11,7 @@ from optuna.distributions import FloatDistribution, IntDistribution
 
 from pipeline.data.sqlutil import q
 from pipeline.models.gbdt import GBDTConfig, load_gbdt, predict_gbdt, save_gbdt, train_gbdt
-from pipeline.training.evaluate import MetricWarning
+from pipeline.evaluate import MetricWarning
 from pipeline.training.family import FitOutcome, ModelEntry, ModelFamily, TrialOutcome
 
 GBDT_SPACE = {

@@ -6,11 +6,11 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.training.evaluate import plot_model_comparison
+from pipeline.evaluate import plot_model_comparison
 from pipeline.training.experiment import load_results
 from pipeline.paths import DataPaths
 from pipeline.data.spec import DatasetSpec, TaskSpec
-from pipeline.serving.tracking import Tracker
+from pipeline.training.tracking import Tracker
 
 
 @dataclass

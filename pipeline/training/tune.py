@@ -36,7 +36,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, IntD
 
 from pipeline.data.spec import DatasetSpec, TaskSpec
 from pipeline.paths import DataPaths
-from pipeline.serving.tracking import Tracker, git_commit
+from pipeline.training.tracking import Tracker, git_commit
 from pipeline.training.prepare import PreparedTask, prepare_task
 from pipeline.training.zoo import model_entry
 
