@@ -14,7 +14,7 @@ import os
 import shutil
 import statistics
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -52,9 +52,26 @@ def data_key(graph_hash: str, task: TaskSpec, cutoffs) -> str:
     a night with new rows (or a changed schema) trains afresh instead of reloading the
     previous night's finished model.
     """
-    blob = json.dumps({"graph": graph_hash, "task": asdict(task), "cutoffs": asdict(cutoffs)},
+    # Fields added after keys existed are left out while they hold their defaults, so the
+    # checkpoints of tasks that do not use them keep resuming.
+    task_fields = {f.name: getattr(task, f.name) for f in fields(task)
+                   if f.name not in LATER_TASK_FIELDS or getattr(task, f.name) != f.default}
+    cuts = asdict(cutoffs)
+    for name, first in (("val_windows", "val"), ("test_windows", "test")):
+        if cuts.get(name) == [cuts[first]]:
+            del cuts[name]
+    blob = json.dumps({"graph": graph_hash, "task": asdict_values(task_fields), "cutoffs": cuts},
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+LATER_TASK_FIELDS = ("num_eval_windows", "test_context", "on_future_entity", "label_database",
+                     "remove_columns", "relbench")
+
+
+def asdict_values(values: dict) -> dict:
+    """`values` with dataclass members as dicts (what `asdict` of their holder gives)."""
+    return {k: asdict(v) if is_dataclass(v) else v for k, v in values.items()}
 
 
 def prune_checkpoints(model_dir: Path, keep: int = KEEP_CHECKPOINTS) -> list[Path]:
