@@ -7,15 +7,17 @@ are pods on different nodes sharing one volume, so the code location of deploy/ 
 writers and readers on different files:
 
 - the steps of the pool `warehouse` (one at a time) write `warehouse-writer/warehouse.duckdb`
-  under the data directory, which no other step opens; when such a step succeeds, the
-  file, checkpointed, is copied to a new snapshot `warehouse-snapshots/<time>-<id>.duckdb`,
-  and the link `warehouse.duckdb` is switched to it (a rename: atomic);
+  under the data directory, which no other step opens; when such a step succeeds and has
+  changed the file, the file, checkpointed, is copied to a new snapshot
+  `warehouse-snapshots/<time>-<id>.duckdb`, and the link `warehouse.duckdb` is switched to
+  it (a rename: atomic);
 - every other step opens `warehouse.duckdb` read-only: the newest snapshot, which nothing
   ever writes. So does the pipeline code that opens the warehouse by its path (the
   champion's model, the tuner). A reader keeps the snapshot it opened until it closes it;
-  a snapshot is deleted only when it is neither among the newest `keep` nor younger than
-  `keep_hours` (longer than any step: over NFS a file deleted under a reader on another
-  node is gone for it too).
+  a snapshot is deleted only when it is not among the newest `keep` and was superseded
+  more than `keep_hours` ago: longer than any run may last (run monitoring stops a run
+  after 4 hours), since over NFS a file deleted under a reader on another node is gone for
+  it too.
 
 A data directory of the single-file layout (`warehouse.duckdb`, a plain file) turns into
 this one at the first write: the working copy starts as a copy of it.
@@ -44,7 +46,7 @@ class PublishedWarehouse(WarehouseResource):
     the writers' working copy and the snapshots lie beside it."""
 
     keep: int = 3
-    keep_hours: float = 24.0
+    keep_hours: float = 6.0
 
     @property
     def working_database(self) -> Path:
@@ -61,6 +63,7 @@ class PublishedWarehouse(WarehouseResource):
         published = Path(self.database)
         if not working.exists() and published.exists():
             shutil.copyfile(published, working)
+        before = _stamp(working)
         con = backoff(fn=duckdb.connect, retry_on=(RuntimeError, duckdb.IOException),
                       kwargs={"database": str(working), "read_only": False,
                               "config": {"custom_user_agent": "dagster", **self.connection_config}},
@@ -70,10 +73,20 @@ class PublishedWarehouse(WarehouseResource):
             con.execute("CHECKPOINT")
         finally:
             con.close()
-        publish(working, published, keep=self.keep, keep_hours=self.keep_hours)
+        if _stamp(working) != before or not published.exists():
+            publish(working, published, keep=self.keep, keep_hours=self.keep_hours)
 
 
-def publish(working: Path, published: Path, keep: int = 3, keep_hours: float = 24.0) -> Path:
+def _stamp(path: Path) -> tuple[int, int] | None:
+    """When and how big: a step that wrote nothing leaves both as they were."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_mtime_ns, st.st_size
+
+
+def publish(working: Path, published: Path, keep: int = 3, keep_hours: float = 6.0) -> Path:
     """A snapshot of the (checkpointed) working file; `published` is switched to it."""
     snapshots = published.parent / SNAPSHOT_DIR
     snapshots.mkdir(parents=True, exist_ok=True)
@@ -92,13 +105,13 @@ def publish(working: Path, published: Path, keep: int = 3, keep_hours: float = 2
 
 
 def prune(snapshots: Path, current: str, keep: int, keep_hours: float) -> list[str]:
-    """Deletes the snapshots that are not the newest `keep` and older than `keep_hours`."""
-    names = sorted((p.name for p in snapshots.glob("*.duckdb")), reverse=True)
+    """Deletes the snapshots that are not among the newest `keep` and were superseded (the
+    next one was made) more than `keep_hours` ago."""
+    paths = sorted(snapshots.glob("*.duckdb"), key=lambda p: p.name)
     cutoff = time.time() - keep_hours * 3600
     gone = []
-    for name in names[keep:]:
-        path = snapshots / name
-        if name != current and path.stat().st_mtime < cutoff:
+    for path, successor in zip(paths[:-keep] if keep else paths, paths[1:]):
+        if path.name != current and successor.stat().st_mtime < cutoff:
             path.unlink(missing_ok=True)
-            gone.append(name)
+            gone.append(path.name)
     return gone

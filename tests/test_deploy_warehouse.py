@@ -39,6 +39,12 @@ def write_orders(duckdb: WarehouseResource) -> None:
         con.execute("INSERT INTO orders VALUES (?)", [n + 1])
 
 
+@dg.asset(pool="warehouse")
+def look_only(duckdb: WarehouseResource) -> None:
+    with duckdb.get_connection() as con:
+        con.execute("SELECT count(*) FROM orders").fetchone()
+
+
 @dg.asset(pool="gpu")
 def read_orders(context: dg.AssetExecutionContext, duckdb: WarehouseResource) -> None:
     with duckdb.get_connection() as con:
@@ -136,20 +142,26 @@ def test_published_layout_reads_while_a_writer_writes(tmp_path):
     old.close()
     assert link.resolve() != first and first.exists()
     assert _run(read_orders, warehouse)["rows"] == "[1, 2]"
+    # A step of the pool that wrote nothing publishes nothing.
+    snapshots = sorted((data / SNAPSHOT_DIR).iterdir())
+    _run(look_only, warehouse)
+    assert sorted((data / SNAPSHOT_DIR).iterdir()) == snapshots
 
 
-def test_snapshots_are_pruned_only_when_old_and_not_among_the_newest(tmp_path):
+def test_snapshots_are_pruned_only_when_superseded_long_ago_and_not_among_the_newest(tmp_path):
     prune, SNAPSHOT_DIR = _published().prune, _published().SNAPSHOT_DIR
     snaps = tmp_path / SNAPSHOT_DIR
     snaps.mkdir()
-    day = 24 * 3600
-    for i, age in enumerate([3 * day, 2 * day, 1, 1, 1]):
+    hour = 3600
+    # made 30, 20, 10 and 5 hours ago, and a second ago (the current one)
+    for i, age in enumerate([30 * hour, 20 * hour, 10 * hour, 5 * hour, 1]):
         f = snaps / f"2026010{i}T000000Z-x.duckdb"
         f.write_bytes(b"")
         os.utime(f, (time.time() - age, time.time() - age))
-    gone = prune(snaps, current="20260104T000000Z-x.duckdb", keep=2, keep_hours=24)
-    # the newest two stay; of the rest, the second-old one stays, the days-old ones go
-    assert gone == ["20260101T000000Z-x.duckdb", "20260100T000000Z-x.duckdb"]
+    gone = prune(snaps, current="20260104T000000Z-x.duckdb", keep=2, keep_hours=6)
+    # 0 and 1 were superseded 20 and 10 hours ago; 2 only 5 hours ago (a reader may hold
+    # it yet); 3 and 4 are the newest two
+    assert gone == ["20260100T000000Z-x.duckdb", "20260101T000000Z-x.duckdb"]
     assert sorted(p.name[:9] for p in snaps.iterdir()) == ["20260102T", "20260103T", "20260104T"]
 
 
