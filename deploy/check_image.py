@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_import:
         load_code_location()
     if args.commit is not None:
-        from pipeline.serving.tracking import git_commit
+        from pipeline.training.tracking import git_commit
 
         logged = git_commit()
         if logged != args.commit:

@@ -197,10 +197,10 @@ def _commit_step() -> str:
 def test_the_image_records_the_commit_where_the_pipeline_reads_it(tmp_path, monkeypatch):
     """The Dockerfile's own commit step, run in a copy of the image's layout; then the
     pipeline's git_commit() (what MLflow gets as git_commit) answers that commit."""
-    from pipeline.serving import tracking
+    from pipeline.training import tracking
 
     root = tmp_path / "opt" / "relgraph"
-    (root / "pipeline" / "serving").mkdir(parents=True)
+    (root / "pipeline" / "training").mkdir(parents=True)
     env = {"PATH": "/usr/bin:/bin", "GIT_CONFIG_SYSTEM": str(tmp_path / "gitconfig"),
            "HOME": str(tmp_path)}
     commit = "0123456789abcdef0123456789abcdef01234567"
@@ -209,7 +209,7 @@ def test_the_image_records_the_commit_where_the_pipeline_reads_it(tmp_path, monk
     assert done.returncode == 0, done.stderr
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    monkeypatch.setattr(tracking, "__file__", str(root / "pipeline" / "serving" / "tracking.py"))
+    monkeypatch.setattr(tracking, "__file__", str(root / "pipeline" / "training" / "tracking.py"))
     assert tracking.git_commit() == commit
     assert f"directory = {root}" in (tmp_path / "gitconfig").read_text()  # safe for any uid
     # A build without the commit stops, saying how to pass it.

@@ -24,6 +24,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import dagster as dg
+import psutil
 import pytest
 import yaml
 
@@ -133,6 +134,13 @@ def test_queued_run_on_the_deploy_instance_and_postgres(pg, tmp_path, monkeypatc
             while not instance.get_run_by_id(run_id).is_finished:  # ... the daemon starts it
                 assert time.monotonic() < deadline, "the run did not finish in 120 s"
                 time.sleep(0.5)
+            servers = [p for p in psutil.Process().children(recursive=True)
+                       if str(code) in " ".join(p.cmdline())]
+        # The code server leaves once it has seen its run's process end (which it checks in
+        # the database): wait for it while the database is still there.
+        _, alive = psutil.wait_procs(servers, timeout=30)
+        for server in alive:
+            server.kill()
         run = instance.get_run_by_id(run_id)
         assert run.status == dg.DagsterRunStatus.SUCCESS
         runs = [e.dagster_event.event_type_value for e in instance.all_logs(run_id)
