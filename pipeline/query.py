@@ -51,16 +51,18 @@ Meaning:
   whose target is NULL has no example at that cutoff; `COALESCE(SUM(...), 0)` keeps it.
 - FIRST and LAST take the row with the earliest / latest time, ties broken by `F`'s
   primary key (by the value itself when `F` has none); NULL values count as values.
-- Entities exist at a cutoff when their time column, if any, is <= the cutoff; the
-  condition is evaluated at the cutoff and a NULL condition is false. Division by zero
-  gives NULL.
+- Entities exist at a cutoff when their time column, if any, is <= the cutoff. Outside
+  aggregates, the entity's own columns and those of tables it references (rows existing
+  at the cutoff) may be used. The condition is evaluated at the cutoff and a NULL
+  condition is false. Division by zero gives NULL.
 - The horizon is the end of the target's window (its length when it starts at 0), so
   that no training label reaches into validation.
 - CLASSIFY numbers the column's distinct values 0, 1, ... in sorted order
   (`CompiledQuery.classes_sql` lists them).
 
-`compile_query(text, tables, columns)` returns the SQL and the task's type, entity,
-target table and horizon; errors are `QueryError`s, one line naming the position.
+`compile_query(text, spec, columns)` returns the SQL and the task's type, entity, target
+table and horizon (`CompiledQuery.spec_fields()`: the task keys a spec would spell out);
+errors are `QueryError`s, one line naming the position.
 """
 
 from __future__ import annotations
