@@ -30,10 +30,7 @@ from pipeline.data.spec import load_spec
 from pipeline.training.tracking import Tracker
 from test_dagster import _resources, _write_shop
 
-try:
-    from pipeline.training.zoo import GRAPH_MODELS
-except ImportError:  # before the model table moved to pipeline/training/zoo.py
-    from pipeline.models import GNN_MODELS as GRAPH_MODELS
+from pipeline.training.zoo import GRAPH_MODELS
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"

@@ -1,4 +1,4 @@
-"""Predictive queries (pipeline/query.py).
+"""Predictive queries (pipeline/data/query.py).
 
 (a) The synthetic shop's three tasks written as queries give the label tables of their
     hand-written SQL, through the project's own label-table code.
@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 
 from pipeline.data.spec import load_spec, parse_spec
 from pipeline.data.tasks import build_task_table
-from pipeline.query import QueryError, compile_query, parse_query, warehouse_columns
+from pipeline.data.query import QueryError, compile_query, parse_query, warehouse_columns
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -34,7 +34,6 @@ Everything wrong with the folder raises `SpecError` in one line naming the file 
 
 from __future__ import annotations
 
-import difflib
 import warnings
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -42,6 +41,7 @@ from typing import Any
 
 import yaml
 
+from pipeline.data.schema import suggest
 from pipeline.data.spec import DatasetSpec, SpecError, pandas_timedelta, parse_spec, safe_name
 
 __all__ = [
@@ -96,10 +96,6 @@ def _warn(message: str) -> None:
     warnings.warn(message, RelBenchManifestWarning, stacklevel=3)
 
 
-def _suggest(name, choices) -> str:
-    close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=0.6)
-    return f"; did you mean {close[0]}?" if close else ""
-
 
 def _read_yaml(path: Path) -> dict:
     if not path.is_file():
@@ -121,7 +117,7 @@ def _unknown_keys(path: Path, where: str, raw: dict, known: set[str]) -> None:
     for key in raw:
         if key not in known:
             _warn(f"{path}: {where}unknown key '{key}' ignored (as relbench does)"
-                  f"{_suggest(key, known)}")
+                  f"{suggest(key, known)}")
 
 
 def _timestamp(path: Path, key: str, value) -> datetime:
@@ -199,7 +195,7 @@ def _tables(root: Path, path: Path, raw: dict) -> tuple[dict, dict[str, list[str
                                 f"got {col!r}")
             if col not in have:
                 raise SpecError(f"{path}: tables.{name}.{key}: column '{col}' is not in "
-                                f"db/{name}.parquet{_suggest(col, have)}")
+                                f"db/{name}.parquet{suggest(col, have)}")
             entry[out] = col
         fkeys = t.get("fkeys") or {}
         if not isinstance(fkeys, dict):
@@ -207,10 +203,10 @@ def _tables(root: Path, path: Path, raw: dict) -> tuple[dict, dict[str, list[str
         for col, ref in fkeys.items():
             if str(ref) not in tables_raw:
                 raise SpecError(f"{path}: tables.{name}.fkeys.{col}: references table '{ref}', "
-                                f"which is not in the manifest{_suggest(ref, tables_raw)}")
+                                f"which is not in the manifest{suggest(ref, tables_raw)}")
             if col not in have:
                 raise SpecError(f"{path}: tables.{name}.fkeys.{col}: column '{col}' is not in "
-                                f"db/{name}.parquet{_suggest(col, have)}")
+                                f"db/{name}.parquet{suggest(col, have)}")
             if not (tables_raw[ref] or {}).get("pkey"):
                 raise SpecError(f"{path}: tables.{name}.fkeys.{col}: references table '{ref}', "
                                 "which has no pkey")
@@ -241,7 +237,7 @@ def _task(root: Path, task_dir: Path, tables: dict, columns: dict[str, list[str]
         return None, f"{ttype}: {REFUSED_TYPES[ttype]}"
     if ttype not in TASK_TYPES:
         raise SpecError(f"{path}: task_type: '{ttype}' is not one of "
-                        f"{', '.join(TASK_TYPES)}{_suggest(ttype, TASK_TYPES)}")
+                        f"{', '.join(TASK_TYPES)}{suggest(ttype, TASK_TYPES)}")
     rtype = TASK_TYPES[ttype]
     link = rtype == "link_prediction"
     if link:
@@ -257,7 +253,7 @@ def _task(root: Path, task_dir: Path, tables: dict, columns: dict[str, list[str]
                                              if link else []):
         if table not in tables:
             raise SpecError(f"{path}: {k}: no table '{table}' in the dataset manifest"
-                            f"{_suggest(table, tables)}")
+                            f"{suggest(table, tables)}")
         if "primary_key" not in tables[table]:
             raise SpecError(f"{path}: {k}: table '{table}' has no pkey")
     delta = _timedelta(path, raw["timedelta"])

@@ -9,7 +9,6 @@ valid name.
 
 from __future__ import annotations
 
-import difflib
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -18,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from pipeline.data.query import compile_query
+from pipeline.data.schema import ForeignKey, SpecError, TableSpec, suggest
 from pipeline.task_kinds import LOWER_IS_BETTER, TASK_KINDS, TaskKind
 
 SOURCE_KINDS = ("synthetic", "parquet", "csv", "sqlite", "duckdb", "postgres", "mysql", "relbench")
@@ -35,8 +36,10 @@ _TASK_KEYS = {
     "type", "entity_table", "target_table", "label_sql", "entity_sql", "horizon",
     "val_cutoff", "test_cutoff", "metric", "num_train_cutoffs", "num_classes",
     "num_eval_windows", "test_context", "on_future_entity", "label_database",
-    "remove_columns", "relbench",
+    "remove_columns", "relbench", "query",
 }
+# What a predictive query says itself (pipeline/data/query.py); a task with `query` gives none.
+_QUERY_GIVES = ("type", "entity_table", "target_table", "label_sql", "entity_sql", "horizon")
 _RELBENCH_KEYS = {
     "task_type", "time_col", "entity_col", "target_col", "dst_entity_col", "eval_k",
     "label_files", "dataset", "manifest",
@@ -49,15 +52,6 @@ TEST_CONTEXTS = ("frozen", "rolling")
 FUTURE_ENTITY_POLICIES = ("fail", "drop", "withhold")
 LABEL_DATABASES = ("full", "per_split")
 SPLIT_NAMES = ("train", "val", "test")
-
-
-class SpecError(ValueError):
-    """A dataset spec that cannot be used; the message says where and why."""
-
-
-def _suggest(name: str, choices) -> str:
-    close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=0.6)
-    return f"; did you mean {close[0]}?" if close else ""
 
 
 def safe_name(name: str, others=()) -> str:
@@ -95,49 +89,7 @@ def check_safe_names(names, where: str = "spec") -> dict[str, str]:
 def _check_keys(where: str, given: dict, allowed: set[str]) -> None:
     for key in given:
         if key not in allowed:
-            raise SpecError(f"{where}: unknown key '{key}'{_suggest(key, allowed)}")
-
-
-@dataclass(frozen=True)
-class ForeignKey:
-    """`columns` of the owning table reference the primary key of table `references`.
-
-    `name` is the edge type of the graph (`rev_<name>` for the reverse direction): the
-    column for a single-column key, the columns joined by `__` for a composite one.
-    """
-
-    columns: tuple[str, ...]
-    references: str
-
-    @property
-    def name(self) -> str:
-        return "__".join(self.columns)
-
-
-@dataclass(frozen=True)
-class TableSpec:
-    name: str
-    primary_key: tuple[str, ...] = ()
-    time_column: str | None = None
-    foreign_keys: tuple[ForeignKey, ...] = ()
-    ignore_columns: tuple[str, ...] = ()
-    column_types: dict[str, str] = field(default_factory=dict)
-    on_orphan: str = "null"
-    on_duplicate_key: str = "fail"
-    source_table: str | None = None
-
-    @property
-    def source_name(self) -> str:
-        """The table's name in the source (defaults to its name in the spec)."""
-        return self.source_table or self.name
-
-    @property
-    def key_columns(self) -> set[str]:
-        """Columns that identify rows or point at rows: never features."""
-        cols = set(self.primary_key)
-        for fk in self.foreign_keys:
-            cols.update(fk.columns)
-        return cols
+            raise SpecError(f"{where}: unknown key '{key}'{suggest(key, allowed)}")
 
 
 @dataclass(frozen=True)
@@ -219,6 +171,8 @@ class TaskSpec:
                        targets not in the cut target table pruned)
     remove_columns     (table, column) pairs hidden from this task's features
     relbench           the SQL and label files are in RelBench's form (RelBenchTask)
+    query              the predictive query (`PREDICT ... FOR EACH ...`) its type, entity
+                       table, horizon and SQL were compiled from (pipeline/data/query.py)
     """
 
     name: str
@@ -239,6 +193,7 @@ class TaskSpec:
     label_database: str = "full"
     remove_columns: tuple[tuple[str, str], ...] = ()
     relbench: RelBenchTask | None = None
+    query: str | None = None       # the predictive query the SQL was compiled from
 
     def __post_init__(self):
         # Rebuilt from plain data (asdict / JSON, as the training workers do): nested
@@ -274,7 +229,7 @@ class DatasetSpec:
 
     def table(self, name: str) -> TableSpec:
         if name not in self.tables:
-            raise SpecError(f"{self.where()}: no table '{name}'{_suggest(name, self.tables)}")
+            raise SpecError(f"{self.where()}: no table '{name}'{suggest(name, self.tables)}")
         return self.tables[name]
 
     def task(self, name: str) -> TaskSpec:
@@ -282,7 +237,7 @@ class DatasetSpec:
             raise SpecError(f"{self.where()}: task '{name}' is not trained by relgraph: "
                             f"{self.refused_tasks[name]}")
         if name not in self.tasks:
-            raise SpecError(f"{self.where()}: no task '{name}'{_suggest(name, self.tasks)}")
+            raise SpecError(f"{self.where()}: no task '{name}'{suggest(name, self.tasks)}")
         return self.tasks[name]
 
     def extract_order(self) -> list[str]:
@@ -317,7 +272,7 @@ class DatasetSpec:
         for t in self.tables.values():
             if t.name not in columns:
                 problems.append(f"table '{t.source_name}' is not in the source"
-                                f"{_suggest(t.source_name, columns)}")
+                                f"{suggest(t.source_name, columns)}")
                 continue
             have = columns[t.name]
             named = list(t.primary_key) + list(t.ignore_columns) + list(t.column_types)
@@ -326,13 +281,13 @@ class DatasetSpec:
                 named.append(t.time_column)
             for col in dict.fromkeys(named):
                 if col not in have:
-                    problems.append(f"{t.name}.{col}: no such column{_suggest(col, have)}")
+                    problems.append(f"{t.name}.{col}: no such column{suggest(col, have)}")
         for task in self.tasks.values():
             for table, col in task.remove_columns:
                 have = columns.get(table)
                 if have is not None and col not in have:
                     problems.append(f"task {task.name}.remove_columns: {table}.{col}: no such "
-                                    f"column{_suggest(col, have)}")
+                                    f"column{suggest(col, have)}")
         if problems:
             raise SpecError(f"{self.where()}: " + "\n  ".join(problems))
 
@@ -396,7 +351,7 @@ def _policy(value, allowed, where: str, default: str) -> str:
     value = default if value is None else str(value)
     if value not in allowed:
         raise SpecError(f"{where}: '{value}' is not one of {', '.join(allowed)}"
-                        f"{_suggest(value, allowed)}")
+                        f"{suggest(value, allowed)}")
     return value
 
 
@@ -430,7 +385,7 @@ def _remove_columns(raw, tables: dict[str, TableSpec], where: str) -> tuple[tupl
             raise SpecError(f"{where}.remove_columns: expected [table, column], got {item!r}")
         table, col = str(item[0]), str(item[1])
         if table not in tables:
-            raise SpecError(f"{where}.remove_columns: no table '{table}'{_suggest(table, tables)}")
+            raise SpecError(f"{where}.remove_columns: no table '{table}'{suggest(table, tables)}")
         out.append((table, col))
     return tuple(out)
 
@@ -462,6 +417,20 @@ def _relbench_form(raw, ttype: str, where: str) -> RelBenchTask | None:
         label_files={str(k): str(v) for k, v in files.items()},
         dataset=str(raw["dataset"]) if raw.get("dataset") else None,
         manifest=str(raw["manifest"]) if raw.get("manifest") else None)
+
+
+def _compile_query(where: str, kraw: dict, tables: dict[str, TableSpec]) -> dict:
+    """The task's keys with its predictive query compiled into type, entity table, label and
+    entity SQL and horizon (the query's text kept as `query`)."""
+    given = [k for k in _QUERY_GIVES if k in kraw]
+    if given:
+        raise SpecError(f"{where}: a task with a query takes {', '.join(given)} from the query; "
+                        "remove them (or drop the query and write label_sql)")
+    try:
+        compiled = compile_query(str(kraw["query"]), tables)
+    except SpecError as exc:
+        raise SpecError(f"{where}.query: {exc}") from None
+    return {**kraw, **compiled.spec_fields(), "query": str(kraw["query"])}
 
 
 def parse_spec(raw: Any, path: Path | None = None) -> DatasetSpec:
@@ -519,7 +488,7 @@ def parse_spec(raw: Any, path: Path | None = None) -> DatasetSpec:
         for col, sem in column_types.items():
             if sem not in SEMANTIC_TYPES:
                 raise SpecError(f"{tname}.{col}: column type '{sem}' is not one of "
-                                f"{', '.join(SEMANTIC_TYPES)}{_suggest(sem, SEMANTIC_TYPES)}")
+                                f"{', '.join(SEMANTIC_TYPES)}{suggest(sem, SEMANTIC_TYPES)}")
         time_column = traw.get("time_column")
         tables[str(tname)] = TableSpec(
             name=str(tname),
@@ -540,7 +509,7 @@ def parse_spec(raw: Any, path: Path | None = None) -> DatasetSpec:
             w = f"{where}: {t.name}.{fk.name}"
             if fk.references not in tables:
                 raise SpecError(f"{w}: references table '{fk.references}', which is not in the "
-                                f"spec{_suggest(fk.references, tables)}")
+                                f"spec{suggest(fk.references, tables)}")
             ref = tables[fk.references]
             if not ref.primary_key:
                 raise SpecError(f"{w}: references table '{ref.name}', which has no primary_key; "
@@ -559,6 +528,8 @@ def parse_spec(raw: Any, path: Path | None = None) -> DatasetSpec:
         if not isinstance(kraw, dict):
             raise SpecError(f"{w}: expected a mapping")
         _check_keys(w, kraw, _TASK_KEYS)
+        if "query" in kraw:
+            kraw = _compile_query(w, kraw, tables)
         for key in ("type", "entity_table", "label_sql", "horizon", "val_cutoff", "test_cutoff"):
             if key not in kraw:
                 raise SpecError(f"{w}: missing required key '{key}'")
@@ -566,7 +537,7 @@ def parse_spec(raw: Any, path: Path | None = None) -> DatasetSpec:
         kind = TASK_KINDS[ttype]
         entity = str(kraw["entity_table"])
         if entity not in tables:
-            raise SpecError(f"{w}.entity_table: no table '{entity}'{_suggest(entity, tables)}")
+            raise SpecError(f"{w}.entity_table: no table '{entity}'{suggest(entity, tables)}")
         if not tables[entity].primary_key:
             raise SpecError(f"{w}.entity_table: table '{entity}' has no primary_key")
         target = kraw.get("target_table")
@@ -574,13 +545,13 @@ def parse_spec(raw: Any, path: Path | None = None) -> DatasetSpec:
             if not target:
                 raise SpecError(f"{w}: {ttype} needs target_table")
             if target not in tables:
-                raise SpecError(f"{w}.target_table: no table '{target}'{_suggest(target, tables)}")
+                raise SpecError(f"{w}.target_table: no table '{target}'{suggest(target, tables)}")
             if len(tables[target].primary_key) != 1:
                 raise SpecError(f"{w}.target_table: '{target}' needs a single-column primary key")
         metric = str(kraw.get("metric") or kind.default_metric)
         if metric not in kind.metrics:
             raise SpecError(f"{w}.metric: '{metric}' does not fit {ttype} "
-                            f"(use one of {', '.join(kind.metrics)}){_suggest(metric, kind.metrics)}")
+                            f"(use one of {', '.join(kind.metrics)}){suggest(metric, kind.metrics)}")
         horizon = parse_duration(kraw["horizon"], f"{w}.horizon")
         if horizon <= timedelta(0):
             raise SpecError(f"{w}.horizon: must be positive")
@@ -608,6 +579,7 @@ def parse_spec(raw: Any, path: Path | None = None) -> DatasetSpec:
                                    f"{w}.label_database", "full"),
             remove_columns=_remove_columns(kraw.get("remove_columns"), tables, w),
             relbench=_relbench_form(kraw.get("relbench"), ttype, w),
+            query=kraw.get("query"),
         )
 
     check_safe_names([*tables, *tasks], where)

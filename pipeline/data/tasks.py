@@ -33,7 +33,8 @@ import duckdb
 import numpy as np
 import torch
 
-from pipeline.data.spec import DatasetSpec, SpecError, TaskSpec, _suggest, resolve_time
+from pipeline.data.schema import suggest
+from pipeline.data.spec import DatasetSpec, SpecError, TaskSpec, resolve_time
 from pipeline.data.sqlutil import q, q_list
 
 SPLITS = ("train", "val", "test")
@@ -180,7 +181,7 @@ def _run_select(con, sql: str, where: str, required: list[str], into: str = "_ta
     have = [r[0] for r in con.execute(f"DESCRIBE {q(into)}").fetchall()]
     missing = [c for c in required if c not in have]
     if missing:
-        hints = "; ".join(f"'{m}' missing" + _suggest(m, have).replace("did you mean", "is it")
+        hints = "; ".join(f"'{m}' missing" + suggest(m, have).replace("did you mean", "is it")
                           for m in missing)
         raise TaskError(f"{where}: must return columns {', '.join(required)}; "
                         f"it returned {', '.join(have)} ({hints})")

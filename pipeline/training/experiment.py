@@ -66,7 +66,7 @@ def data_key(graph_hash: str, task: TaskSpec, cutoffs) -> str:
 
 
 LATER_TASK_FIELDS = ("num_eval_windows", "test_context", "on_future_entity", "label_database",
-                     "remove_columns", "relbench")
+                     "remove_columns", "relbench", "query")
 
 
 def asdict_values(values: dict) -> dict:

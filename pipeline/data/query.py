@@ -67,7 +67,6 @@ errors are `QueryError`s, one line naming the position.
 
 from __future__ import annotations
 
-import difflib
 import functools
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
@@ -78,7 +77,7 @@ import duckdb
 from lark import Lark, Token, Transformer, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken, VisitError
 
-from pipeline.data.spec import ForeignKey, SpecError, TableSpec
+from pipeline.data.schema import ForeignKey, SpecError, TableSpec, suggest
 from pipeline.data.sqlutil import q
 
 GRAMMAR = r"""
@@ -505,10 +504,6 @@ def _tables_of(spec: Any) -> Mapping[str, TableSpec]:
     return spec.tables if hasattr(spec, "tables") else spec
 
 
-def _suggest(name: str, choices) -> str:
-    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
-    return f"; did you mean {close[0]}?" if close else ""
-
 
 # -- compilation -------------------------------------------------------------------------------
 
@@ -636,7 +631,7 @@ class _Compiler:
 
     def table(self, name: str, pos: int) -> TableSpec:
         if name not in self.tables:
-            self.fail(pos, f"no table '{name}'{_suggest(name, self.tables)}")
+            self.fail(pos, f"no table '{name}'{suggest(name, self.tables)}")
         return self.tables[name]
 
     def column_kind(self, table: str, column: str, pos: int) -> str:
@@ -644,7 +639,7 @@ class _Compiler:
         if cols is None:
             return "unknown"
         if column not in cols:
-            self.fail(pos, f"{table} has no column '{column}'{_suggest(column, cols)}")
+            self.fail(pos, f"{table} has no column '{column}'{suggest(column, cols)}")
         return _kind(cols[column])
 
     def foreign_key(self, table: str, name: str, pos: int) -> ForeignKey:
@@ -654,7 +649,7 @@ class _Compiler:
                 return fk
         choices = [fk.name for fk in fks]
         listed = f"its foreign keys: {', '.join(choices)}" if choices else "it has none"
-        self.fail(pos, f"{table} has no foreign key '{name}' ({listed}){_suggest(name, choices)}")
+        self.fail(pos, f"{table} has no foreign key '{name}' ({listed}){suggest(name, choices)}")
 
     def entity(self) -> TableSpec:
         qy = self.query
@@ -825,7 +820,7 @@ class _Compiler:
             return _Val(f"COALESCE({a.sql}, {b.sql})", a.kind if a.kind != "null" else b.kind)
         if func not in AGGREGATES:
             self.fail(node.pos, f"no function '{node.name}' (aggregates: {', '.join(AGGREGATES)}; "
-                                f"and COALESCE){_suggest(func, AGGREGATES + ('COALESCE',))}")
+                                f"and COALESCE){suggest(func, AGGREGATES + ('COALESCE',))}")
         if scope.role == "rows":
             self.fail(node.pos, f"{func} inside another aggregate: aggregates cannot be nested")
         if func == "LIST_DISTINCT":
