@@ -19,6 +19,7 @@ from datetime import timedelta
 
 import dagster as dg
 
+from assets import names
 from pipeline.serving.registry import GateDecision
 from pipeline.data.spec import DatasetSpec
 
@@ -84,8 +85,8 @@ def freshness_checks(specs: list[DatasetSpec], config: FreshnessConfig | None = 
                      ) -> list[dg.AssetChecksDefinition]:
     """Last-update freshness checks for the source tables and the champion assets."""
     config = config or FreshnessConfig.from_env()
-    tables = [dg.AssetKey([s.name, t]) for s in specs for t in s.tables]
-    champions = [dg.AssetKey([s.name, t, "champion"]) for s in specs for t in s.tasks]
+    tables = [names.table_key(s, t) for s in specs for t in s.tables]
+    champions = [names.champion_key(s, t) for s in specs for t in s.tasks]
     checks = []
     if tables:
         checks += dg.build_last_update_freshness_checks(

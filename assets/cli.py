@@ -1,11 +1,17 @@
 """The `relgraph` command. Every sub-command runs the same Dagster assets as the UI, in process.
 
-    relgraph run   --dataset SPEC [--task T] [--models sage,gat | all] [--seeds N] [--scale N] [--nproc N]
-    relgraph train --dataset SPEC [--task T] [--model sage] [--nproc N] [--epochs E] [--seeds N]
-    relgraph graph --dataset SPEC [--scale N]
-    relgraph tune  --dataset SPEC [--task T] --model M --trials N [--seed S] [--timeout-s X]
+    relgraph run   --dataset SPEC|DIR [--task T] [--models sage,gat | all] [--seeds N] [--scale N]
+                   [--nproc N] [--test-context frozen|rolling]
+    relgraph train --dataset SPEC|DIR [--task T] [--model sage] [--nproc N] [--epochs E] [--seeds N]
+    relgraph graph --dataset SPEC|DIR [--scale N]
+    relgraph query --dataset SPEC|DIR "PREDICT ..." [--val-cutoff C] [--test-cutoff C]
+    relgraph tune  --dataset SPEC|DIR [--task T] --model M --trials N [--seed S] [--timeout-s X]
+    relgraph import-relbench DIR                      print the relgraph spec of a RelBench folder
+    relgraph export-relbench --dataset SPEC --out DIR write a dataset as a RelBench 3 folder
     relgraph ui    [--dagster-port 3000] [--mlflow-port 5000]
     relgraph bench [--quick]
+
+A dataset is a spec file (YAML) or a RelBench 3 folder (a directory holding manifest.yaml).
 """
 
 from __future__ import annotations
@@ -73,6 +79,7 @@ HOST_TAG, PID_TAG = "relgraph/host", "relgraph/pid"
 
 
 def _materialize(spec, selection, run_config=None):
+    """Materialize the assets `selection` (AssetKeys) of `spec` in process."""
     import dagster as dg
 
     from assets.definitions import dataset_assets
@@ -120,8 +127,12 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _op_name(key: list[str]) -> str:
-    return "__".join(key)
+def _data_keys(spec, tasks) -> list:
+    """The asset keys of the warehouse tables, `tasks`' label tables and the graph."""
+    from assets import names
+
+    return ([names.table_key(spec, t) for t in spec.tables]
+            + [names.task_key(spec, t) for t in tasks] + [names.graph_key(spec)])
 
 
 def _spec_and_task(args, verb: str = "train"):
@@ -129,33 +140,42 @@ def _spec_and_task(args, verb: str = "train"):
     _prepare_env(args.dataset)
     spec = _load(args)
     if not spec.tasks:
-        raise SystemExit(f"{args.dataset}: the spec defines no task to {verb}")
+        refused = "".join(f"\n  {t}: {why}" for t, why in spec.refused_tasks.items())
+        raise SystemExit(f"{args.dataset}: the dataset defines no task relgraph can {verb}"
+                         + (f"; left out:{refused}" if refused else ""))
     return spec, spec.task(args.task) if args.task else next(iter(spec.tasks.values()))
 
 
 def cmd_run(args) -> int:
+    from assets import names
     from pipeline.paths import DataPaths
     from pipeline.training.report import comparison
 
     spec, task = _spec_and_task(args)
     models = run_models(args.models)
-    keys = [[spec.name, t] for t in spec.tables] + [[spec.name, task.name], [spec.name, "graph"]]
-    keys += [[spec.name, task.name, m] for m in models]
-    keys += [[spec.name, task.name, "evaluation"], [spec.name, task.name, "champion"],
-             [spec.name, task.name, "predictions"]]
-    import dagster as dg
-
-    selection = [dg.AssetKey(k) for k in keys]
-    run_config = {"ops": {_op_name([spec.name, task.name, m]): {"config": _overrides(args)}
-                          for m in models}}
-    result = _materialize(spec, selection, run_config)
+    keys = _data_keys(spec, [task.name]) + [names.model_key(spec, task.name, m) for m in models]
+    keys += [names.evaluation_key(spec, task.name), names.champion_key(spec, task.name),
+             names.predictions_key(spec, task.name)]
+    run_config = {"ops": {names.op_name(names.model_key(spec, task.name, m)):
+                          {"config": _overrides(args)} for m in models}}
+    result = _materialize(spec, keys, run_config)
+    context = args.test_context or task.test_context
     report = comparison(DataPaths.from_env(), spec, task, run_id=result.run_id)
     print(f"\n{spec.name} / {task.name}: {task.metric} "
-          f"({'lower' if task.lower_is_better else 'higher'} is better)\n")
+          f"({'lower' if task.lower_is_better else 'higher'} is better), "
+          f"test context {context}\n")
     print(report.markdown)
     print(f"\nMLflow experiment: relgraph/{spec.name}/{task.name}  "
           f"(tracking store: {os.environ.get('MLFLOW_TRACKING_URI') or DataPaths.from_env().mlflow_uri()})")
+    if getattr(report, "submissions", None):
+        print(f"RelBench prediction files: {report.submissions}")
+    _print_refused(spec)
     return 0
+
+
+def _print_refused(spec) -> None:
+    for name, why in spec.refused_tasks.items():
+        print(f"task {name} left out: {why}")
 
 
 def run_models(arg: str | None) -> list[str]:
@@ -177,19 +197,20 @@ def _overrides(args) -> dict:
     out = {"seed": args.seed, "seeds": args.seeds, "nproc": args.nproc}
     if args.epochs:
         out["epochs"] = args.epochs
+    if getattr(args, "test_context", None):
+        out["test_context"] = args.test_context
     return out
 
 
 def cmd_train(args) -> int:
     """Build what one model needs (warehouse, task table, graph) and train it, nothing more."""
+    from assets import names
+
     spec, task = _spec_and_task(args)
     run_models(args.model)
-    import dagster as dg
-
-    keys = [[spec.name, t] for t in spec.tables] + [[spec.name, task.name], [spec.name, "graph"],
-                                                     [spec.name, task.name, args.model]]
-    op = _op_name([spec.name, task.name, args.model])
-    result = _materialize(spec, [dg.AssetKey(k) for k in keys],
+    key = names.model_key(spec, task.name, args.model)
+    op = names.op_name(key)
+    result = _materialize(spec, _data_keys(spec, [task.name]) + [key],
                           {"ops": {op: {"config": _overrides(args)}}})
     meta = result.asset_materializations_for_node(op)[-1].metadata
     m = task.metric
@@ -202,7 +223,6 @@ def cmd_train(args) -> int:
 def cmd_tune(args) -> int:
     """Build the warehouse, task table and graph, then search one model's hyper-parameters
     on val (pipeline/training/tune.py); the test split is never scored."""
-    import dagster as dg
     import optuna
 
     from pipeline.training.tune import summary, tune_dataset
@@ -211,8 +231,7 @@ def cmd_tune(args) -> int:
     run_models(args.model)
     if args.trials < 1:
         raise SystemExit(f"--trials must be at least 1, got {args.trials}")
-    keys = [[spec.name, t] for t in spec.tables] + [[spec.name, task.name], [spec.name, "graph"]]
-    _materialize(spec, [dg.AssetKey(k) for k in keys])
+    _materialize(spec, _data_keys(spec, [task.name]))
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # tune logs one line per trial itself
     result = tune_dataset(spec, task, args.model, args.trials, seed=args.seed,
                           timeout_s=args.timeout_s, epochs=args.epochs)
@@ -221,18 +240,87 @@ def cmd_tune(args) -> int:
 
 
 def cmd_graph(args) -> int:
-    import dagster as dg
-
+    from assets import names
     from pipeline.paths import DataPaths
 
     _prepare_env(args.dataset)
     spec = _load(args)
-    keys = [[spec.name, t] for t in spec.tables] + [[spec.name, t] for t in spec.tasks]
-    keys.append([spec.name, "graph"])
-    result = _materialize(spec, [dg.AssetKey(k) for k in keys])
-    mats = result.asset_materializations_for_node(_op_name([spec.name, "graph"]))
+    result = _materialize(spec, _data_keys(spec, spec.tasks))
+    mats = result.asset_materializations_for_node(names.op_name(names.graph_key(spec)))
     path = mats[-1].metadata["path"].value if mats else DataPaths.from_env().graphs / spec.name
     print(f"graph: {path}")
+    _print_refused(spec)
+    return 0
+
+
+def cmd_query(args) -> int:
+    """Extract the warehouse, compile a predictive query against it and print the SQL and
+    the label table's examples per split; nothing is trained and no task table written."""
+    import duckdb
+
+    from assets import names
+    from pipeline.data.query import warehouse_columns
+    from pipeline.data.spec import task_from_query
+    from pipeline.data.tasks import preview_task
+    from pipeline.paths import DataPaths
+
+    _prepare_env(args.dataset)
+    spec = _load(args)
+    _materialize(spec, [names.table_key(spec, t) for t in spec.tables])
+    warehouse = DataPaths.from_env().warehouse
+    with duckdb.connect(str(warehouse), read_only=True) as con:
+        columns = warehouse_columns(con, spec)
+    task = task_from_query(spec, args.query, columns=columns, val_cutoff=args.val_cutoff,
+                           test_cutoff=args.test_cutoff)
+    summary = preview_task(warehouse, spec, task)
+    print(f"{task.type} on {task.entity_table}"
+          f"{f' -> {task.target_table}' if task.target_table else ''}, horizon {task.horizon}, "
+          f"val_cutoff {task.val_cutoff}, test_cutoff {task.test_cutoff}\n")
+    print(f"-- label_sql\n{task.label_sql}\n\n-- entity_sql\n{task.entity_sql}\n")
+    stat = task.kind.label_stat
+    print(f"| split | examples | {stat} | entities | cutoffs |\n|---|---|---|---|---|")
+    for split in ("train", "val", "test"):
+        row = summary["splits"][split]
+        value = row[stat]
+        print(f"| {split} | {row['examples']} | "
+              f"{'' if value is None else f'{value:.4f}'} | {row['entities']} | {row['cutoffs']} |")
+    print(f"\nlive entities at the newest timestamp: {summary['live_entities']}")
+    return 0
+
+
+def cmd_import_relbench(args) -> int:
+    """Print the relgraph YAML spec of a RelBench folder (nothing is built)."""
+    from pipeline.data.relbench_folder import relbench_spec_yaml
+
+    sys.stdout.write(relbench_spec_yaml(args.folder))
+    return 0
+
+
+def cmd_export_relbench(args) -> int:
+    """Extract a dataset into the warehouse and write it as a RelBench 3 folder."""
+    from pipeline.data.relbench_folder import export_relbench
+    from pipeline.paths import DataPaths
+
+    _prepare_env(args.dataset)
+    spec = _load(args)
+    _materialize(spec, _data_keys(spec, [])[:-1])  # the tables only
+    import duckdb
+
+    con = duckdb.connect(str(DataPaths.from_env().warehouse), read_only=True)
+    try:
+        out = export_relbench(spec, con, args.out)
+    finally:
+        con.close()
+    print(f"RelBench folder: {out['folder']} (val_timestamp {out['val_timestamp']}, "
+          f"test_timestamp {out['test_timestamp']})")
+    for table, n in out["tables"].items():
+        print(f"  db/{table}.parquet: {n} rows")
+    for task in out["tasks"]:
+        print(f"  tasks/{task}/manifest.yaml")
+    for task, why in out["refused"].items():
+        print(f"  task {task} left out: {why}")
+    for note in out["notes"]:
+        print(f"  note: {note}")
     return 0
 
 
@@ -288,8 +376,13 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     default_spec = str(REPO / "datasets" / "ecommerce.yaml")
 
+    dataset_help = "a dataset spec (YAML) or a RelBench 3 folder"
+    contexts = ("frozen", "rolling")
+    context_help = ("which rows a test example sees: frozen (up to the test cutoff; RelBench's "
+                    "rule) or rolling (up to its own cutoff); default: the task's own")
+
     run = sub.add_parser("run", help="extract, build, train and evaluate on one task")
-    run.add_argument("--dataset", default=default_spec)
+    run.add_argument("--dataset", default=default_spec, help=dataset_help)
     run.add_argument("--task")
     run.add_argument("--models", help="comma-separated, or 'all'; default: lightgbm_flat, lightgbm, "
                                       "sage and hgt")
@@ -300,10 +393,11 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--epochs", type=int, help="override the graph models' epoch budget")
     run.add_argument("--nproc", type=int, default=1,
                      help="processes per graph model (torchrun + DDP; one GPU each on CUDA)")
+    run.add_argument("--test-context", choices=contexts, help=context_help)
     run.set_defaults(func=cmd_run)
 
     train = sub.add_parser("train", help="build the graph and train one model on one task")
-    train.add_argument("--dataset", default=default_spec)
+    train.add_argument("--dataset", default=default_spec, help=dataset_help)
     train.add_argument("--task")
     train.add_argument("--model", default="sage")
     train.add_argument("--nproc", type=int, default=1,
@@ -313,10 +407,11 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--seed", type=int, default=0,
                        help="first training seed; --seeds N trains seeds seed .. seed+N-1")
     train.add_argument("--scale", type=int, help="synthetic source only: number of customers")
+    train.add_argument("--test-context", choices=contexts, help=context_help)
     train.set_defaults(func=cmd_train)
 
     tune = sub.add_parser("tune", help="search one model's hyper-parameters on the validation split")
-    tune.add_argument("--dataset", default=default_spec)
+    tune.add_argument("--dataset", default=default_spec, help=dataset_help)
     tune.add_argument("--task")
     tune.add_argument("--model", required=True)
     tune.add_argument("--trials", type=int, required=True,
@@ -327,10 +422,31 @@ def main(argv: list[str] | None = None) -> int:
     tune.add_argument("--scale", type=int, help="synthetic source only: number of customers")
     tune.set_defaults(func=cmd_tune)
 
+    query = sub.add_parser("query", help="compile a predictive query and count its labels "
+                                         "per split (no training)")
+    query.add_argument("query", help='e.g. "PREDICT COUNT(orders.*, 0, 30, days) = 0 '
+                                     'FOR EACH customers.customer_id"')
+    query.add_argument("--dataset", default=default_spec, help=dataset_help)
+    query.add_argument("--val-cutoff", help="default: latest minus two horizons")
+    query.add_argument("--test-cutoff", help="default: latest minus one horizon")
+    query.add_argument("--scale", type=int, help="synthetic source only: number of customers")
+    query.set_defaults(func=cmd_query)
+
     graph = sub.add_parser("graph", help="build the warehouse, task tables and graph")
-    graph.add_argument("--dataset", default=default_spec)
+    graph.add_argument("--dataset", default=default_spec, help=dataset_help)
     graph.add_argument("--scale", type=int)
     graph.set_defaults(func=cmd_graph)
+
+    imp = sub.add_parser("import-relbench", help="print the relgraph YAML spec of a RelBench 3 "
+                                                 "folder (add policies or tasks, then --dataset it)")
+    imp.add_argument("folder", help="a RelBench 3 folder (holds manifest.yaml)")
+    imp.set_defaults(func=cmd_import_relbench)
+
+    exp = sub.add_parser("export-relbench", help="write a dataset and its tasks as a RelBench 3 folder")
+    exp.add_argument("--dataset", default=default_spec, help="a dataset spec (YAML)")
+    exp.add_argument("--out", required=True, help="the folder to write")
+    exp.add_argument("--scale", type=int, help="synthetic source only: number of customers")
+    exp.set_defaults(func=cmd_export_relbench)
 
     ui = sub.add_parser("ui", help="serve the Dagster and MLflow UIs on 127.0.0.1")
     ui.add_argument("--dataset")
@@ -344,6 +460,12 @@ def main(argv: list[str] | None = None) -> int:
     bench.set_defaults(func=cmd_bench)
 
     args = parser.parse_args(argv)
+    import warnings
+
+    # What a RelBench folder holds that relbench ignores: one line each, not a source line.
+    warnings.formatwarning = lambda message, category, *a, **k: (
+        f"relgraph: warning: {message}\n" if category.__name__ == "RelBenchManifestWarning"
+        else _FORMAT_WARNING(message, category, *a, **k))
     from pipeline.data.spec import SpecError
     from pipeline.data.tasks import TaskError
 
@@ -357,6 +479,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         raise
 
+
+_FORMAT_WARNING = __import__("warnings").formatwarning
 
 # Errors whose message is the whole story for the user (no traceback needed).
 _USER_ERRORS = {"WarehouseError", "SourceError", "TrackingError", "Failure"}

@@ -1,7 +1,9 @@
 """The code location: assets for every dataset spec in $RELGRAPH_DATASETS.
 
-RELGRAPH_DATASETS is a list of spec paths separated by ':' or ','; by default every
-`*.yaml` in datasets/. Asset keys are prefixed by the dataset's name.
+RELGRAPH_DATASETS is a list of dataset paths separated by ':' or ',' (a spec file, or a
+RelBench 3 folder holding manifest.yaml); by default every `*.yaml` in datasets/. Asset
+keys are prefixed by the dataset's name, in the safe form Dagster accepts
+(assets/names.py: `rel-f1` -> `rel_f1`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from assets import names
 from assets.checks import freshness_checks, freshness_sensor
 from assets.evaluation import evaluation_assets
 from assets.extract import extract_assets
@@ -25,6 +28,7 @@ from assets.tasks import task_assets
 from assets.training import training_assets
 from pipeline.data.datasets import load_dataset
 from pipeline.data.spec import DatasetSpec
+from pipeline.training.zoo import ALL_MODELS
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -37,6 +41,7 @@ def dataset_paths() -> list[Path]:
 
 
 def dataset_assets(spec: DatasetSpec) -> list:
+    names.check_dataset(spec, ALL_MODELS)
     return [*extract_assets(spec), *task_assets(spec), graph_asset(spec),
             *training_assets(spec), *evaluation_assets(spec), *prediction_assets(spec)]
 
@@ -56,6 +61,7 @@ def build_definitions(specs: list[DatasetSpec] | None = None,
     """Every dataset's assets, checks, nightly job, schedule and sensors; `executor` is the
     default of every job (None: Dagster's own, for a deployment that brings its own)."""
     specs = specs if specs is not None else [load_dataset(p) for p in dataset_paths()]
+    names.check_datasets(specs)
     assets = [a for spec in specs for a in dataset_assets(spec)]
     jobs = {spec.name: nightly_job(spec) for spec in specs}
     checks = freshness_checks(specs)

@@ -11,6 +11,7 @@ import os
 
 import dagster as dg
 
+from assets import names
 from assets.checks import champion_gate_result, champion_gate_spec
 from assets.resources import ComputeResource, MLflowResource, PathsResource
 from pipeline.training.zoo import ALL_MODELS
@@ -31,8 +32,9 @@ def evaluation_assets(spec: DatasetSpec, models=ALL_MODELS) -> list[dg.AssetsDef
 def _evaluation_asset(spec: DatasetSpec, task_name: str, models) -> dg.AssetsDefinition:
     task = spec.tasks[task_name]
 
-    @dg.asset(key=[spec.name, task_name, "evaluation"],
-              deps=[[spec.name, task_name, m] for m in models], group_name=spec.name,
+    @dg.asset(key=names.evaluation_key(spec, task_name),
+              deps=[names.model_key(spec, task_name, m) for m in models],
+              group_name=names.group(spec),
               description=f"Validation and test {task.metric} of every model on {task_name}.")
     def _evaluate(context: dg.AssetExecutionContext, paths: PathsResource,
                   mlflow: MLflowResource) -> dg.MaterializeResult:
@@ -65,9 +67,9 @@ def _evaluation_asset(spec: DatasetSpec, task_name: str, models) -> dg.AssetsDef
 
 def _champion_asset(spec: DatasetSpec, task_name: str) -> dg.AssetsDefinition:
     task = spec.tasks[task_name]
-    key = dg.AssetKey([spec.name, task_name, "champion"])
+    key = names.champion_key(spec, task_name)
 
-    @dg.asset(key=key, deps=[[spec.name, task_name, "evaluation"]], group_name=spec.name,
+    @dg.asset(key=key, deps=[names.evaluation_key(spec, task_name)], group_name=names.group(spec),
               kinds={"mlflow"}, check_specs=[champion_gate_spec(key)],
               description=f"The registered champion of {task_name}: the run's models are "
                           "registered, and the best becomes champion only if it beats the "

@@ -9,6 +9,7 @@ a problem that stops the pipeline (duplicate keys under `fail`) with ERROR sever
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
+from assets import names
 from assets.resources import PathsResource
 from pipeline.data.sources import open_source
 from pipeline.data.spec import DatasetSpec, TableSpec
@@ -52,13 +53,13 @@ def extract_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition]:
 
 def _extract_asset(spec: DatasetSpec, name: str) -> dg.AssetsDefinition:
     t = spec.tables[name]
-    key = dg.AssetKey([spec.name, name])
+    key = names.table_key(spec, name)
     deps = sorted({fk.references for fk in t.foreign_keys if fk.references != name})
     checks = [dg.AssetCheckSpec(c, asset=key, description=f"{c.replace('_', ' ')} of {name} as extracted")
               for c in _checks_for(t)]
 
-    @dg.asset(key=key, deps=[[spec.name, d] for d in deps], pool="warehouse",
-              group_name=spec.name, kinds={"duckdb", spec.source.kind}, check_specs=checks,
+    @dg.asset(key=key, deps=[names.table_key(spec, d) for d in deps], pool="warehouse",
+              group_name=names.group(spec), kinds={"duckdb", spec.source.kind}, check_specs=checks,
               description=f"Table {name} extracted from the {spec.source.kind} source into DuckDB.")
     def _extract(context: dg.AssetExecutionContext, duckdb: DuckDBResource, paths: PathsResource):
         source = open_source(spec, paths.paths().root)

@@ -5,6 +5,7 @@ from pathlib import Path
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
+from assets import names
 from assets.resources import PathsResource
 from pipeline.data.spec import DatasetSpec
 from pipeline.graph.build import GraphArtifact, load_graph, prune_cache
@@ -18,7 +19,7 @@ def upstream_graph(context: dg.AssetExecutionContext, spec: DatasetSpec, connect
     """The graph asset's output when it was materialized in this run (the path in its
     metadata); otherwise, when a step runs without it, the graph that the warehouse gives
     now (a cache hit when the graph asset built it from the same rows)."""
-    event = context.instance.get_latest_materialization_event(dg.AssetKey([spec.name, "graph"]))
+    event = context.instance.get_latest_materialization_event(names.graph_key(spec))
     if event is not None and event.run_id == context.run_id:
         path = Path(event.asset_materialization.metadata["path"].value)
         if path.exists():
@@ -28,8 +29,8 @@ def upstream_graph(context: dg.AssetExecutionContext, spec: DatasetSpec, connect
 
 
 def graph_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
-    @dg.asset(key=[spec.name, "graph"], deps=[[spec.name, t] for t in spec.tables],
-              pool="warehouse", group_name=spec.name, kinds={"pytorch"},
+    @dg.asset(key=names.graph_key(spec), deps=[names.table_key(spec, t) for t in spec.tables],
+              pool="warehouse", group_name=names.group(spec), kinds={"pytorch"},
               description="Heterogeneous graph: a node per row, an edge per foreign key (both ways).")
     def _graph(context: dg.AssetExecutionContext, duckdb: DuckDBResource,
                paths: PathsResource) -> dg.MaterializeResult:

@@ -8,6 +8,7 @@ model scores from its checkpoint instead, and the metadata says so.
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
+from assets import names
 from assets.graphs import upstream_graph
 from assets.resources import ComputeResource, MLflowResource, PathsResource
 from pipeline.data.spec import DatasetSpec
@@ -27,8 +28,8 @@ def _prediction_asset(spec: DatasetSpec, task_name: str) -> dg.AssetsDefinition:
     task = spec.tasks[task_name]
     keys = list(spec.tables[task.entity_table].primary_key)
 
-    @dg.asset(key=[spec.name, task_name, "predictions"], deps=[[spec.name, task_name, "champion"]],
-              pool="warehouse", group_name=spec.name, kinds={"duckdb"},
+    @dg.asset(key=names.predictions_key(spec, task_name), deps=[names.champion_key(spec, task_name)],
+              pool="warehouse", group_name=names.group(spec), kinds={"duckdb"},
               description=f"predictions_{task_name}: every live entity scored by the champion.")
     def _predict(context: dg.AssetExecutionContext, duckdb: DuckDBResource, paths: PathsResource,
                  mlflow: MLflowResource, compute: ComputeResource) -> dg.MaterializeResult:

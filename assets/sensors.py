@@ -9,6 +9,7 @@ import urllib.request
 
 import dagster as dg
 
+from assets import names
 from pipeline.paths import DataPaths
 from pipeline.data.sources import open_source
 from pipeline.data.spec import DatasetSpec
@@ -17,7 +18,7 @@ from pipeline.data.spec import DatasetSpec
 def new_data_sensor(spec: DatasetSpec, job) -> dg.SensorDefinition:
     """Compares every table's source fingerprint with the cursor; any change -> one run."""
 
-    @dg.sensor(name=f"{spec.name}_new_data", job=job, minimum_interval_seconds=300,
+    @dg.sensor(name=f"{names.group(spec)}_new_data", job=job, minimum_interval_seconds=300,
                default_status=dg.DefaultSensorStatus.STOPPED,
                description=f"Requests {job.name} when a table of the {spec.source.kind} source changes.")
     def _sensor(context: dg.SensorEvaluationContext):

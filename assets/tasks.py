@@ -4,6 +4,7 @@
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
+from assets import names
 from pipeline.data.spec import DatasetSpec
 from pipeline.data.tasks import build_task_table
 
@@ -18,8 +19,8 @@ def task_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition]:
 def _task_asset(spec: DatasetSpec, task_name: str) -> dg.AssetsDefinition:
     task = spec.tasks[task_name]
 
-    @dg.asset(key=[spec.name, task_name], deps=[[spec.name, t] for t in spec.tables],
-              pool="warehouse", group_name=spec.name, kinds={"duckdb"},
+    @dg.asset(key=names.task_key(spec, task_name), deps=[names.table_key(spec, t) for t in spec.tables],
+              pool="warehouse", group_name=names.group(spec), kinds={"duckdb"},
               description=f"Labels of task {task_name} ({task.type}) at every cutoff.")
     def _labels(context: dg.AssetExecutionContext, duckdb: DuckDBResource) -> dg.MaterializeResult:
         with duckdb.get_connection() as con:

@@ -5,7 +5,8 @@ with its nested MLflow run as a pyfunc model and registered as a new version of
 `relgraph-<dataset>-<task>`. Its artifacts make it self-contained but for the data:
 
     model        the checkpoint file or the LightGBM directory
-    spec         the dataset spec (YAML)
+    spec         the dataset spec (YAML; for a RelBench folder, its equivalent relgraph spec,
+                 `relbench_spec_yaml`, which names the folder)
     meta         relgraph.json: dataset, task, model, graph hash, the graph's fit cutoff,
                  feature metadata and encoders
 
@@ -223,8 +224,8 @@ def register_model(tracker: Tracker, paths: DataPaths, spec: DatasetSpec, task: 
         raise RegistryError(f"{model} on {task.name}: the result has no MLflow run to log the "
                             "model with (was it trained without tracking?)")
     if spec.path is None or not Path(spec.path).exists():
-        raise RegistryError(f"dataset {spec.name}: the spec was not loaded from a file, so it "
-                            "cannot travel with the model")
+        raise RegistryError(f"dataset {spec.name}: the spec was not loaded from a file or a "
+                            "RelBench folder, so it cannot travel with the model")
     checkpoint = Path(run["checkpoint"])
     graph_meta = paths.graphs / spec.name / result["graph_hash"] / "meta.json"
     if not checkpoint.exists() or not graph_meta.exists():
@@ -243,7 +244,12 @@ def register_model(tracker: Tracker, paths: DataPaths, spec: DatasetSpec, task: 
         meta_path = Path(tmp) / "relgraph.json"
         meta_path.write_text(json.dumps(meta, default=float))
         spec_path = Path(tmp) / "spec.yaml"
-        shutil.copyfile(spec.path, spec_path)
+        if Path(spec.path).is_dir():  # a RelBench folder: its spec, which names the folder
+            from pipeline.data.relbench_folder import relbench_spec_yaml
+
+            spec_path.write_text(relbench_spec_yaml(Path(spec.path).resolve()))
+        else:
+            shutil.copyfile(spec.path, spec_path)
         with mlflow_uri(tracker.tracking_uri), mlflow.start_run(run_id=run_id):
             info = mlflow.pyfunc.log_model(
                 name="model", python_model=RelgraphModel(),
