@@ -37,6 +37,17 @@ def _task_asset(spec: DatasetSpec, task_name: str) -> dg.AssetsDefinition:
             "live_entities": summary["live_entities"],
             "cutoffs": dg.MetadataValue.json(summary["cutoffs"]),
             **{f"{split}_examples": s["examples"] for split, s in summary["splits"].items()},
+            **_sql_metadata(task),
         })
 
     return _labels
+
+
+def _sql_metadata(task) -> dict:
+    """The SQL that made the labels (compiled from the task's query, when it has one)."""
+    out = {"label_sql": dg.MetadataValue.md(f"```sql\n{task.label_sql.strip()}\n```")}
+    if task.entity_sql:
+        out["entity_sql"] = dg.MetadataValue.md(f"```sql\n{task.entity_sql.strip()}\n```")
+    if task.query:
+        out["query"] = dg.MetadataValue.text(task.query)
+    return out

@@ -433,6 +433,31 @@ def _compile_query(where: str, kraw: dict, tables: dict[str, TableSpec]) -> dict
     return {**kraw, **compiled.spec_fields(), "query": str(kraw["query"])}
 
 
+def task_from_query(spec: DatasetSpec, text: str, name: str = "query",
+                    columns: dict[str, dict[str, str]] | None = None,
+                    val_cutoff: str | None = None, test_cutoff: str | None = None) -> TaskSpec:
+    """A task of `spec` from a predictive query alone (what `relgraph query` previews):
+    `columns` (the warehouse's, `query.warehouse_columns`) checks names and types; the
+    test window is the last horizon before the newest row and validation the one before,
+    unless the cutoffs are given."""
+    where = f"{spec.where()}: query"
+    try:
+        compiled = compile_query(text, spec, columns)
+    except SpecError as exc:
+        raise SpecError(f"{where}: {exc}") from None
+    hours = int(compiled.horizon.total_seconds() // 3600)
+    test_cutoff = test_cutoff or f"latest - {hours}h"
+    val_cutoff = val_cutoff or f"latest - {2 * hours}h"
+    for label, expr in (("val_cutoff", val_cutoff), ("test_cutoff", test_cutoff)):
+        resolve_time(expr, datetime(2000, 1, 1), f"{where}.{label}")
+    kind = TASK_KINDS[compiled.type]
+    return TaskSpec(name=name, type=compiled.type, entity_table=compiled.entity_table,
+                    label_sql=compiled.label_sql, entity_sql=compiled.entity_sql,
+                    target_table=compiled.target_table, horizon=compiled.horizon,
+                    val_cutoff=val_cutoff, test_cutoff=test_cutoff, metric=kind.default_metric,
+                    query=text)
+
+
 def parse_spec(raw: Any, path: Path | None = None) -> DatasetSpec:
     """Build and validate a DatasetSpec from the parsed YAML document."""
     where = str(path) if path else "spec"

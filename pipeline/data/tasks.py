@@ -28,6 +28,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from pathlib import Path
 
 import duckdb
 import numpy as np
@@ -35,7 +36,7 @@ import torch
 
 from pipeline.data.schema import suggest
 from pipeline.data.spec import DatasetSpec, SpecError, TaskSpec, resolve_time
-from pipeline.data.sqlutil import q, q_list
+from pipeline.data.sqlutil import literal, q, q_list
 
 SPLITS = ("train", "val", "test")
 MIN_RELBENCH_TRAIN_CUTOFFS = 3  # relbench refuses a task with fewer (task_base.py:240-244)
@@ -691,3 +692,16 @@ def load_examples(con: duckdb.DuckDBPyConnection, task: TaskSpec, split: str) ->
 
 def _tensor(tbl, col: str) -> torch.Tensor:
     return torch.from_numpy(tbl.column(col).to_numpy().astype(np.int64))
+
+
+def preview_task(warehouse: Path, spec: DatasetSpec, task: TaskSpec) -> dict:
+    """`build_task_table`'s summary of `task` without writing the warehouse: the label
+    tables are built in memory over the warehouse's tables, which are attached read-only."""
+    con = duckdb.connect()
+    try:
+        con.execute(f"ATTACH {literal(str(warehouse))} AS warehouse (READ_ONLY)")
+        for table in spec.tables:
+            con.execute(f"CREATE VIEW {q(table)} AS SELECT * FROM warehouse.main.{q(table)}")
+        return build_task_table(con, spec, task)
+    finally:
+        con.close()

@@ -44,7 +44,7 @@ import pyarrow.compute as pc
 import torch
 
 from pipeline.data.spec import DatasetSpec, TableSpec
-from pipeline.data.sqlutil import q as quote
+from pipeline.data.sqlutil import literal, q as quote
 
 FEATURE_KINDS = ("numeric", "boolean", "categorical", "timestamp", "text")
 ENCODERS_FORMAT = 1
@@ -174,11 +174,6 @@ class Encoders:
             for name, t in raw["tables"].items()
         }
         return cls(fit_cutoff=raw["fit_cutoff"], config=dict(raw["config"]), tables=tables)
-
-
-def literal(text: str) -> str:
-    """A DuckDB string literal."""
-    return "'" + text.replace("'", "''") + "'"
 
 
 def utc_naive(moment: datetime) -> datetime:
