@@ -1,10 +1,12 @@
-"""One asset per task: the label table at train/val/test cutoffs."""
+"""One asset per task: the label table at train/val/test cutoffs, with WARN checks of what
+the task's rules repaired (assets/checks.py)."""
 
 
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from assets import names
+from assets.checks import task_check_results, task_check_specs
 from pipeline.data.spec import DatasetSpec
 from pipeline.data.tasks import build_task_table
 
@@ -21,8 +23,10 @@ def _task_asset(spec: DatasetSpec, task_name: str) -> dg.AssetsDefinition:
 
     @dg.asset(key=names.task_key(spec, task_name), deps=[names.table_key(spec, t) for t in spec.tables],
               pool="warehouse", group_name=names.group(spec), kinds={"duckdb"},
-              description=f"Labels of task {task_name} ({task.type}) at every cutoff.")
-    def _labels(context: dg.AssetExecutionContext, duckdb: DuckDBResource) -> dg.MaterializeResult:
+              description=f"Labels of task {task_name} ({task.type}) at every cutoff.",
+              check_specs=task_check_specs(spec, task, names.task_key(spec, task_name)),
+              metadata={"dataset": spec.name, "task": task_name})
+    def _labels(context: dg.AssetExecutionContext, duckdb: DuckDBResource):
         with duckdb.get_connection() as con:
             summary = build_task_table(con, spec, task)
         rows = ["| split | " + " | ".join(next(iter(summary["splits"].values())).keys()) + " |",
@@ -32,11 +36,15 @@ def _task_asset(spec: DatasetSpec, task_name: str) -> dg.AssetsDefinition:
             rows.append(f"| {split} | " + " | ".join(
                 f"{v:.4f}" if isinstance(v, float) else str(v) for v in s.values()) + " |")
         context.log.info("task %s: %s", task_name, summary["splits"])
-        return dg.MaterializeResult(metadata={
+        for repair in summary["repairs"]:
+            context.log.warning(repair["message"])
+        yield from task_check_results(spec, task, names.task_key(spec, task_name), summary["repairs"])
+        yield dg.MaterializeResult(metadata={
             "splits": dg.MetadataValue.md("\n".join(rows)),
             "live_entities": summary["live_entities"],
             "cutoffs": dg.MetadataValue.json(summary["cutoffs"]),
             **{f"{split}_examples": s["examples"] for split, s in summary["splits"].items()},
+            "live_from": summary["live_from"],
             **_sql_metadata(task),
         })
 

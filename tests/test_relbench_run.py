@@ -58,7 +58,7 @@ def test_a_folder_materializes_its_tables_task_and_graph(shop, tmp_path):
     spec = load_dataset(shop)
     (tmp_path / "data").mkdir()
     keys = ([names.table_key(spec, t) for t in spec.tables]
-            + [names.task_key(spec, "customer-churn"), names.graph_key(spec)])
+            + [names.task_key(spec, t) for t in spec.tasks] + [names.graph_key(spec)])
     result = dg.materialize(dataset_assets(spec), selection=keys, resources=_resources(tmp_path),
                             instance=dg.DagsterInstance.ephemeral())
     assert result.success
@@ -66,3 +66,17 @@ def test_a_folder_materializes_its_tables_task_and_graph(shop, tmp_path):
     assert task["test_examples"].value > 0
     graph = result.asset_materializations_for_node("rel_shop__graph")[-1].metadata
     assert graph["num_nodes"].value > 0
+    # what RelBench's rules repaired is a WARN check with counts and examples
+    checks = {e.check_name: e for e in result.get_asset_check_evaluations()
+              if e.asset_key == names.task_key(spec, "customer-churn")}
+    assert set(checks) == {"null_entity", "dangling_entity", "future_entity", "live_set"}
+    dangling = checks["dangling_entity"]
+    assert not dangling.passed and dangling.severity == dg.AssetCheckSeverity.WARN
+    assert dangling.metadata["count"].value > 0 and dangling.metadata["by_split"].value["test"] > 0
+    assert "RelBench's dangling-entity rule" in dangling.description
+    assert "- " in dangling.metadata["examples"].value
+    assert checks["live_set"].passed and checks["null_entity"].passed
+    pruned = {e.check_name: e for e in result.get_asset_check_evaluations()
+              if e.asset_key == names.task_key(spec, "customer-item-purchase")}["pruned_target"]
+    assert not pruned.passed and pruned.metadata["count"].value > 0
+    assert "pruned from the lists" in pruned.metadata["action"].value
