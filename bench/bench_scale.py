@@ -138,24 +138,25 @@ def _head(ex, n: int):
 
 
 def _train(customers: int, work: str, graph_path: str) -> dict:
+    from contextlib import closing
+
     import duckdb
 
     from pipeline.graph.build import load_graph
-    from pipeline.data.tasks import load_examples, task_cutoffs
+    from pipeline.training.prepare import prepare_task
     from pipeline.training.trainer import TrainConfig
     from pipeline.training.zoo import make_trainer
 
     spec = _spec(customers)
-    task = spec.task(TASK)
-    graph = load_graph(Path(graph_path))
-    with duckdb.connect(str(Path(work) / "warehouse.duckdb"), read_only=True) as con:
-        cuts = task_cutoffs(con, spec, task)
-        splits = {s: load_examples(con, task, s) for s in ("train", "val", "test")}
+    warehouse = str(Path(work) / "warehouse.duckdb")
+    prep = prepare_task(lambda: closing(duckdb.connect(warehouse, read_only=True)), spec,
+                        spec.task(TASK), graph=load_graph(Path(graph_path)))
+    splits = prep.examples()
     splits["val"], splits["test"] = (_head(splits[s], EVAL_EXAMPLES) for s in ("val", "test"))
     config = TrainConfig(model="sage", batch_size=BATCH, epochs=1, max_steps_per_epoch=TRAIN_STEPS)
     t0 = time.perf_counter()
-    trainer = make_trainer(graph.truncate(cuts.test), graph.feature_meta, task, splits, config,
-                      Path(work) / "checkpoints", progress=False)
+    trainer = make_trainer(prep.training_graph(), prep.graph.feature_meta, prep.task, splits,
+                           config, Path(work) / "checkpoints", progress=False)
     result = trainer.fit()
     fit_seconds = time.perf_counter() - t0
     seen = min(len(splits["train"]), TRAIN_STEPS * BATCH)

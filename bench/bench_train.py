@@ -113,18 +113,19 @@ def child_prepare(customers: int, workdir: Path) -> dict:
             "seconds": time.perf_counter() - t0}
 
 
-def _splits(warehouse: str, customers: int):
+def _prepared(warehouse: str, customers: int, graph: str | None):
+    """The task prepared on the built warehouse and our graph (none for RelBench's model)."""
+    from contextlib import closing
+
     import duckdb
 
     from bench.bench_graph import _spec_at
-    from pipeline.data.tasks import load_examples, task_cutoffs
+    from pipeline.graph.build import load_graph
+    from pipeline.training.prepare import prepare_task
 
     spec = _spec_at(customers)
-    task = spec.task(TASK)
-    with duckdb.connect(warehouse, read_only=True) as con:
-        cuts = task_cutoffs(con, spec, task)
-        splits = {s: load_examples(con, task, s) for s in ("train", "val", "test")}
-    return task, cuts, splits
+    return prepare_task(lambda: closing(duckdb.connect(warehouse, read_only=True)), spec,
+                        spec.task(TASK), graph=load_graph(Path(graph)) if graph else None)
 
 
 def _timed(batches, step, warmup: int, steps: int) -> dict:
@@ -161,24 +162,23 @@ def child_ours(model: str, warehouse: str, graph: str, customers: int, warmup: i
     """Training throughput of one of our models with the default TrainConfig."""
     import torch
 
-    from pipeline.graph.build import load_graph
     from pipeline.training.trainer import TrainConfig
     from pipeline.training.zoo import make_trainer
 
     torch.set_num_threads(threads)
-    task, cuts, splits = _splits(warehouse, customers)
-    art = load_graph(Path(graph))
+    prep = _prepared(warehouse, customers, graph)
+    splits = prep.examples()
     config = TrainConfig(model=model)
     with tempfile.TemporaryDirectory() as ckpt:
-        trainer = make_trainer(art.truncate(cuts.test), art.feature_meta, task, splits, config, Path(ckpt),
-                          progress=False)
+        trainer = make_trainer(prep.training_graph(), prep.graph.feature_meta, prep.task, splits,
+                               config, Path(ckpt), progress=False)
         trainer.model.train()
         ex = splits["train"]
         loader = trainer._loader(ex, shuffle=True, seed=config.seed)
 
         def step(batch) -> int:
             batch = batch.to(trainer.device)
-            idx = batch[task.entity_table].input_id.cpu()
+            idx = batch[prep.task.entity_table].input_id.cpu()
             trainer._step(batch, ex, idx)  # the Trainer's own step; its float(loss) syncs CUDA
             return idx.numel()
 
@@ -195,18 +195,16 @@ def child_ours_auroc(warehouse: str, graph: str, customers: int, epochs: int, ma
     """Validation AUROC of our sage (default config but epochs, steps and seed), best epoch."""
     import torch
 
-    from pipeline.graph.build import load_graph
     from pipeline.training.trainer import TrainConfig
     from pipeline.training.zoo import make_trainer
 
     torch.set_num_threads(threads)
-    task, cuts, splits = _splits(warehouse, customers)
-    art = load_graph(Path(graph))
+    prep = _prepared(warehouse, customers, graph)
     config = TrainConfig(model="sage", epochs=epochs, max_steps_per_epoch=max_steps, seed=seed)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as ckpt:
-        result = make_trainer(art.truncate(cuts.test), art.feature_meta, task, splits, config, Path(ckpt),
-                         progress=False).fit()
+        result = make_trainer(prep.training_graph(), prep.graph.feature_meta, prep.task,
+                              prep.examples(), config, Path(ckpt), progress=False).fit()
     return {"model": "sage", "layers": config.layers, "fanouts": list(config.fanouts),
             "epochs": epochs, "max_steps": max_steps, "seed": seed, "best_epoch": result.best_epoch,
             "val_auroc": result.val_metrics["auroc"], "test_auroc": result.test_metrics["auroc"],
@@ -294,10 +292,11 @@ def relbench_model(data, col_stats, entity: str):
 def _relbench_setup(warehouse: str, customers: int, cache_dir: Path, threads: int, seed: int):
     import torch
 
-    from pipeline.training.trainer import resolve_device
+    from pipeline.training.distributed import resolve_device
 
     torch.set_num_threads(threads)
-    task, cuts, splits = _splits(warehouse, customers)
+    prep = _prepared(warehouse, customers, None)
+    task, splits = prep.task, prep.examples()
     t0 = time.perf_counter()
     data, col_stats = relbench_graph(warehouse, customers, cache_dir)
     build_s = time.perf_counter() - t0
