@@ -41,7 +41,7 @@ from typing import Any
 
 import yaml
 
-from pipeline.data.schema import suggest
+from pipeline.data.schema import read_yaml, suggest
 from pipeline.data.spec import DatasetSpec, SpecError, pandas_timedelta, parse_spec, safe_name
 
 __all__ = [
@@ -101,13 +101,7 @@ def _read_yaml(path: Path) -> dict:
     if not path.is_file():
         raise SpecError(f"{path}: no such file (a RelBench folder holds manifest.yaml, "
                         "db/<table>.parquet and tasks/<task>/manifest.yaml)")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise SpecError(f"{path}: not valid YAML{at}: {problem}") from None
+    raw = read_yaml(path)
     if not isinstance(raw, dict):
         raise SpecError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
     return raw

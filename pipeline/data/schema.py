@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
 
 
 class SpecError(ValueError):
@@ -14,6 +18,17 @@ class SpecError(ValueError):
 def suggest(name: str, choices) -> str:
     close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=0.6)
     return f"; did you mean {close[0]}?" if close else ""
+
+
+def read_yaml(path: Path) -> Any:
+    """The YAML document in `path`; a SpecError naming the line and column it cannot read."""
+    try:
+        return yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise SpecError(f"{path}: not valid YAML{at}: {problem}") from None
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,9 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from pipeline.data.query import compile_query
-from pipeline.data.schema import ForeignKey, SpecError, TableSpec, suggest
+from pipeline.data.schema import ForeignKey, SpecError, TableSpec, read_yaml, suggest
 from pipeline.task_kinds import LOWER_IS_BETTER, TASK_KINDS, TaskKind
 
 SOURCE_KINDS = ("synthetic", "parquet", "csv", "sqlite", "duckdb", "postgres", "mysql", "relbench")
@@ -621,11 +620,5 @@ def load_spec(path: str | Path) -> DatasetSpec:
                         "folder with pipeline.data.datasets.load_dataset")
     if not path.exists():
         raise SpecError(f"{path}: no such dataset spec file")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise SpecError(f"{path}: not valid YAML{at}: {problem}") from None
+    raw = read_yaml(path)
     return parse_spec(raw, path)
