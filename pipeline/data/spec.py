@@ -15,7 +15,6 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-
 from pipeline.data.query import compile_query
 from pipeline.data.schema import ForeignKey, SpecError, TableSpec, read_yaml, suggest
 from pipeline.task_kinds import LOWER_IS_BETTER, TASK_KINDS, TaskKind
