@@ -55,7 +55,7 @@ def _training_asset(spec: DatasetSpec, task_name: str, model: str) -> dg.AssetsD
 
     @dg.asset(key=names.model_key(spec, task_name, model),
               deps=[names.task_key(spec, task_name), names.graph_key(spec)],
-              pool="gpu", group_name=names.group(spec), kinds={entry.family.name},
+              pool="gpu", group_name=names.group(spec), kinds={entry.family.asset_kind},
               description=f"{model} trained and evaluated on {task_name}; logged to MLflow.",
               metadata={"dataset": spec.name, "task": task_name, "model": model})
     def _train(context: dg.AssetExecutionContext, config: TrainingConfig, duckdb: DuckDBResource,
@@ -67,7 +67,7 @@ def _training_asset(spec: DatasetSpec, task_name: str, model: str) -> dg.AssetsD
         prep = prepare_task(duckdb.get_connection, spec, task, graph=graph)
         cfg = entry.family.config_from_launchpad(entry, config.model_dump(), config.seed,
                                                  compute.device)
-        ctx = RunContext(paths=p, tracker=mlflow.tracker(p), dagster_run_id=context.run_id,
+        ctx = RunContext(paths=p, tracker=mlflow.tracker(p), dagster_run_id=context.run.run_id,
                          log=context.log.info, progress=False)
         result = run_model(prep, model, cfg, ctx, seeds=config.seeds)
         metric = task.metric

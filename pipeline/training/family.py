@@ -45,6 +45,30 @@ class TrialOutcome:
     history: list[dict]
 
 
+@dataclass
+class Attributions:
+    """Why a model scored some rows as it did: additive contributions to its raw output
+    (log-odds for binary, the value for regression), one long table.
+
+    `frame` columns: `row` (index into the explained rows), `path` (the tables walked from
+    the entity to the row the input belongs to, " / "-joined; "" for the entity's own row),
+    `table` and `column` (what the input is about; pseudo-columns `(rows)`: how many rows
+    the path reaches, `(age)`: how old the row is at the cutoff, `(recency)`: days since
+    the path's latest row), `aggregate` (LightGBM: count, sum, mean, max, distinct, value;
+    graph models: ""), `window_days` (null: all history), `node_table` and `node` (graph
+    models: the neighbouring row, by `__id`, whose encoder input it is; null otherwise),
+    and `value`. `scores` are the raw outputs explained and `base` what the rows would
+    get without any input (LightGBM's expected value; a graph model's output with every
+    input at zero): `base + sum(value)` is `scores` exactly (LightGBM) or up to the
+    integration error (graph models).
+    """
+
+    frame: object  # polars.DataFrame
+    scores: np.ndarray
+    base: np.ndarray
+    method: str
+
+
 @dataclass(frozen=True)
 class LaunchpadField:
     """One Launchpad setting: its name there, its type, its default, and the config
@@ -82,7 +106,8 @@ class ModelFamily:
     """What a family of models does; one instance per family (see `pipeline.training.zoo`).
 
     Attributes:
-        name: the family's name (MLflow tag, Dagster asset kind).
+        name: the family's name.
+        asset_kind: the Dagster asset kind its models' assets show (the UI's icon).
         config_class: the dataclass holding every setting of its models, defaults included.
         launchpad_prefix: prefix of its settings on the Launchpad ("" for none).
         launchpad_skip: config fields the Launchpad does not set (the run's seed, the
@@ -92,6 +117,7 @@ class ModelFamily:
     """
 
     name: str
+    asset_kind: str
     config_class: type
     launchpad_prefix: str = ""
     launchpad_skip: tuple[str, ...] = ("seed",)
@@ -162,6 +188,12 @@ class ModelFamily:
         also in the temp table `_score_rows(__row, __entity_id, cutoff)` of `con`.
         `graph` is the graph as of the model's encoder fit cutoff (None for families that
         need none); `meta` is what the registry stored beside the checkpoint."""
+        raise NotImplementedError
+
+    def explain(self, entry: ModelEntry, prep: PreparedTask, checkpoint: str | Path,
+                entity: np.ndarray, cutoff: np.ndarray, device: str = "cpu") -> Attributions:
+        """Attributions of the rows (entity `__id`s, cutoffs in epoch seconds) to the
+        tables, columns, paths and neighbouring rows they read (see `Attributions`)."""
         raise NotImplementedError
 
     def __repr__(self) -> str:

@@ -23,7 +23,8 @@ GBDT_SPACE = {
 
 
 class GBDTFamily(ModelFamily):
-    name = "lightgbm"
+    name = "gbdt"
+    asset_kind = "lightgbm"
     config_class = GBDTConfig
     launchpad_prefix = "gbdt_"
     # The run's seed is the run's; the thread count is the machine's.

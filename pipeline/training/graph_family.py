@@ -12,6 +12,7 @@ import torch
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from pipeline.data.tasks import Examples
+from pipeline.graph.views import hide_columns
 from pipeline.training.distributed import resolve_device
 from pipeline.training.family import FitOutcome, ModelEntry, ModelFamily, TrialOutcome
 from pipeline.training.trainer import TrainConfig, Trainer, load_predictor, predict_scores
@@ -35,7 +36,8 @@ class RegistryMismatch(ValueError):
 
 
 class GraphFamily(ModelFamily):
-    name = "pytorch"
+    name = "graph"
+    asset_kind = "pytorch"
     config_class = TrainConfig
     # The run's seed is the run's; the device is the compute resource's; `model` is the entry.
     launchpad_skip = ("seed", "device", "model")
@@ -73,7 +75,7 @@ class GraphFamily(ModelFamily):
     def fit(self, entry, config, prep, checkpoint_dir, *, progress, log):
         trainer = Trainer(prep.training_graph(), prep.graph.feature_meta, prep.task,
                           prep.examples(), config, checkpoint_dir, build=entry.build,
-                          progress=progress, log=log)
+                          progress=progress, log=log, split_data={"test": prep.test_graph()})
         res = trainer.fit()
         return FitOutcome({**asdict(config), "num_parameters": res.num_parameters},
                           res.val_metrics, res.test_metrics, res.history, res.test_true,
@@ -105,10 +107,10 @@ class GraphFamily(ModelFamily):
     def score_live(self, entry, prep, checkpoint, device):
         dev = resolve_device(device)
         ex = prep.examples(("live",))["live"]
-        graph = prep.graph
+        graph, data = prep.graph, prep.scoring_graph()
         predictor, config, y_mean, y_std = load_predictor(checkpoint, entry.build, graph.feature_meta,
-                                                          graph.data.metadata(), prep.task, dev)
-        return predict_scores(predictor, graph.data, prep.task, ex, config, dev, y_mean, y_std)
+                                                          data.metadata(), prep.task, dev)
+        return predict_scores(predictor, data, prep.task, ex, config, dev, y_mean, y_std)
 
     def score_rows(self, entry, con, spec, task, graph, checkpoint, meta, entity, cutoff, device):
         if _canonical(graph.encoders.to_dict()) != _canonical(meta["encoders"]):
@@ -119,7 +121,7 @@ class GraphFamily(ModelFamily):
         # No row after the newest requested cutoff can matter; the trainer scored its splits
         # on the same truncation (at the test cutoff), which makes the scores reproduce exactly.
         newest = datetime.fromtimestamp(int(cutoff.max()), timezone.utc).replace(tzinfo=None)
-        data = graph.truncate(newest)
+        data = hide_columns(graph.truncate(newest), graph.feature_meta, task.remove_columns)
         dev = resolve_device(device)
         predictor, config, y_mean, y_std = load_predictor(checkpoint, entry.build, graph.feature_meta,
                                                           data.metadata(), task, dev)
