@@ -8,16 +8,20 @@ keys are prefixed by the dataset's name, in the safe form Dagster accepts
 
 from __future__ import annotations
 
-import os
+from pipeline.third_party_warnings import ignore_third_party_warnings
+
+ignore_third_party_warnings()  # before torch, PyG and MLflow are imported
+
+import os  # noqa: E402
 import re
 from pathlib import Path
 
 import dagster as dg
 
 from assets import names
-from assets.checks import freshness_checks, freshness_sensor
 from assets.evaluation import evaluation_assets
 from assets.extract import extract_assets
+from assets.freshness import with_freshness
 from assets.graphs import graph_asset
 from assets.jobs import nightly_job
 from assets.predictions import prediction_assets
@@ -42,8 +46,9 @@ def dataset_paths() -> list[Path]:
 
 def dataset_assets(spec: DatasetSpec) -> list:
     names.check_dataset(spec, ALL_MODELS)
-    return [*extract_assets(spec), *task_assets(spec), graph_asset(spec),
-            *training_assets(spec), *evaluation_assets(spec), *prediction_assets(spec)]
+    return with_freshness(spec, [*extract_assets(spec), *task_assets(spec), graph_asset(spec),
+                                 *training_assets(spec), *evaluation_assets(spec),
+                                 *prediction_assets(spec)])
 
 
 # Runs launched from the UI, the schedule or a sensor execute each step in its own
@@ -58,18 +63,18 @@ LOCAL_EXECUTOR = dg.multiprocess_executor.configured(
 
 def build_definitions(specs: list[DatasetSpec] | None = None,
                       executor: dg.ExecutorDefinition | None = LOCAL_EXECUTOR) -> dg.Definitions:
-    """Every dataset's assets, checks, nightly job, schedule and sensors; `executor` is the
-    default of every job (None: Dagster's own, for a deployment that brings its own)."""
+    """Every dataset's assets (source tables and champions with freshness policies), checks,
+    nightly job, schedule and sensors; `executor` is the default of every job (None:
+    Dagster's own, for a deployment that brings its own)."""
     specs = specs if specs is not None else [load_dataset(p) for p in dataset_paths()]
     names.check_datasets(specs)
     assets = [a for spec in specs for a in dataset_assets(spec)]
     jobs = {spec.name: nightly_job(spec) for spec in specs}
-    checks = freshness_checks(specs)
     return dg.Definitions(
-        assets=assets, asset_checks=checks, resources=default_resources(), jobs=list(jobs.values()),
+        assets=assets, resources=default_resources(), jobs=list(jobs.values()),
         schedules=[nightly_schedule(j) for j in jobs.values()],
-        sensors=[new_data_sensor(spec, jobs[spec.name]) for spec in specs] + [run_failure_alert]
-        + ([freshness_sensor(checks)] if checks else []), executor=executor)
+        sensors=[new_data_sensor(spec, jobs[spec.name]) for spec in specs] + [run_failure_alert],
+        executor=executor)
 
 
 defs = build_definitions()

@@ -20,7 +20,7 @@ def upstream_graph(context: dg.AssetExecutionContext, spec: DatasetSpec, connect
     metadata); otherwise, when a step runs without it, the graph that the warehouse gives
     now (a cache hit when the graph asset built it from the same rows)."""
     event = context.instance.get_latest_materialization_event(names.graph_key(spec))
-    if event is not None and event.run_id == context.run_id:
+    if event is not None and event.run_id == context.run.run_id:
         path = Path(event.asset_materialization.metadata["path"].value)
         if path.exists():
             return load_graph(path)

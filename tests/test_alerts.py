@@ -1,4 +1,4 @@
-"""Alerts: the run-failure sensor posts to a webhook; freshness checks on sources and champions."""
+"""Alerts: the run-failure sensor posts to a webhook; freshness policies on sources and champions."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from assets.checks import FreshnessConfig, freshness_checks
+from assets.freshness import FreshnessConfig
 from assets.sensors import run_failure_alert
-from pipeline.data.spec import load_spec, parse_spec
+from pipeline.data.spec import load_spec
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -88,28 +88,41 @@ def test_unreachable_webhook_still_records_and_does_not_raise(receiver, monkeypa
     assert json.loads((tmp_path / "alerts.jsonl").read_text())["run_id"] == run_id
 
 
-def _freshness(specs, config):
-    checks = freshness_checks(specs, config)
-    return {key.asset_key.to_user_string(): (check, key) for check in checks for key in check.check_keys}
+_FRESH_DEFS = """
+import dagster as dg
+from assets.freshness import FreshnessConfig, with_freshness
+from pipeline.data.spec import parse_spec
+
+spec = parse_spec({"name": "shop", "source": {"kind": "parquet", "path": "."},
+                   "tables": {"customers": {"primary_key": "customer_id"}}})
+
+@dg.asset(key=["shop", "customers"])
+def customers():
+    return 1
+
+defs = dg.Definitions(assets=with_freshness(spec, [customers], FreshnessConfig(source_max_lag_hours=1)))
+"""
 
 
-def test_freshness_checks_cover_sources_and_champions_with_their_lags(monkeypatch):
+def test_freshness_policies_cover_sources_and_champions_with_their_lags(monkeypatch):
+    from datetime import timedelta
+
+    from assets.definitions import build_definitions
+
     spec = load_spec(REPO / "datasets" / "ecommerce.yaml")
     monkeypatch.setenv("RELGRAPH_SOURCE_MAX_LAG_HOURS", "5")
     monkeypatch.setenv("RELGRAPH_CHAMPION_MAX_LAG_HOURS", "72")
     config = FreshnessConfig.from_env()
     assert (config.source_max_lag_hours, config.champion_max_lag_hours) == (5.0, 72.0)
-    checks = _freshness([spec], config)
+    graph = build_definitions([spec], executor=None).resolve_asset_graph()
+    policies = {n.key.to_user_string(): n.freshness_policy for n in graph.asset_nodes
+                if n.freshness_policy is not None}
     expected = {f"ecommerce/{t}" for t in spec.tables} | {f"ecommerce/{t}/champion" for t in spec.tasks}
-    assert set(checks) == expected
-    def lag_seconds(key: str) -> float:
-        check, check_key = checks[key]
-        (meta,) = [s.metadata for s in check.check_specs if s.key == check_key]
-        return next(v.data["lower_bound_delta_seconds"] for v in meta.values()
-                    if isinstance(v, dg.JsonMetadataValue))
-
-    assert lag_seconds("ecommerce/orders") == 5 * 3600
-    assert lag_seconds("ecommerce/customer_churn/champion") == 72 * 3600
+    assert set(policies) == expected
+    orders, churn = policies["ecommerce/orders"], policies["ecommerce/customer_churn/champion"]
+    assert orders.fail_window.to_timedelta() == timedelta(hours=5)
+    assert orders.warn_window.to_timedelta() == timedelta(hours=2.5)
+    assert churn.fail_window.to_timedelta() == timedelta(hours=72)
 
 
 def test_bad_lag_setting_is_named(monkeypatch):
@@ -118,23 +131,32 @@ def test_bad_lag_setting_is_named(monkeypatch):
         FreshnessConfig.from_env()
 
 
-def test_freshness_fails_until_the_asset_is_materialized(tmp_path):
-    spec = parse_spec({"name": "shop", "source": {"kind": "parquet", "path": str(tmp_path)},
-                       "tables": {"customers": {"primary_key": "customer_id"}}})
+def test_freshness_is_unknown_then_pass_then_fail_in_the_daemon(tmp_path):
+    """The daemon's own evaluation (what the UI shows): UNKNOWN before the first
+    materialization, PASS after it, WARN past half the lag, FAIL past the lag."""
+    import time
 
-    @dg.asset(key=["shop", "customers"])
-    def customers():
-        return 1
+    from dagster._core.definitions.freshness import FreshnessState
+    from dagster._core.remote_origin import InProcessCodeLocationOrigin
+    from dagster._core.test_utils import create_test_daemon_workspace_context, freeze_time
+    from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
+    from dagster._core.workspace.load_target import InProcessWorkspaceLoadTarget
+    from dagster._daemon.freshness import FreshnessDaemon
 
-    checks = freshness_checks([spec], FreshnessConfig(source_max_lag_hours=1))
-    selection = [k for c in checks for k in c.check_keys]
-    assert [k.asset_key.to_user_string() for k in selection] == ["shop/customers"]
-    with dg.instance_for_test() as instance:
-        only_checks = dg.AssetSelection.checks(*selection)
-        before = dg.materialize([customers, *checks], instance=instance, selection=only_checks)
-        (stale,) = before.get_asset_check_evaluations()
-        assert not stale.passed and stale.severity == dg.AssetCheckSeverity.WARN
-        dg.materialize([customers], instance=instance)
-        after = dg.materialize([customers, *checks], instance=instance, selection=only_checks)
-        (fresh,) = after.get_asset_check_evaluations()
-        assert fresh.passed
+    (tmp_path / "fresh_defs.py").write_text(_FRESH_DEFS)
+    origin = InProcessCodeLocationOrigin(LoadableTargetOrigin(
+        python_file=str(tmp_path / "fresh_defs.py"), attribute="defs", working_directory=str(REPO)))
+    key = dg.AssetKey(["shop", "customers"])
+    with dg.instance_for_test() as instance, create_test_daemon_workspace_context(
+            InProcessWorkspaceLoadTarget(origin), instance) as workspace:
+        def state(at: float) -> FreshnessState:
+            with freeze_time(at):
+                list(FreshnessDaemon().run_iteration(workspace))
+            return instance.get_freshness_state_records([key])[key].freshness_state
+
+        now = time.time()
+        assert state(now) == FreshnessState.UNKNOWN
+        instance.report_runless_asset_event(dg.AssetMaterialization(key))
+        assert state(now + 60) == FreshnessState.PASS
+        assert state(now + 45 * 60) == FreshnessState.WARN
+        assert state(now + 2 * 3600) == FreshnessState.FAIL

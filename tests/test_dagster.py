@@ -78,7 +78,7 @@ def test_definitions_cover_every_stage():
     assert dg.AssetKey(["ecommerce", "customers"]) in graph.get(dg.AssetKey(["ecommerce", "orders"])).parent_keys
     # UI and scheduled runs fork their steps from a preloaded forkserver (the browser test
     # launches one); materialize() in the CLI and the tests runs in process regardless.
-    assert defs.get_job_def("ecommerce_nightly").executor_def.name == "relgraph_local"
+    assert defs.resolve_job_def("ecommerce_nightly").executor_def.name == "relgraph_local"
 
 
 def test_checks_pass_on_clean_data(tmp_path):

@@ -230,12 +230,13 @@ def test_helm_values_render_the_instance_of_dagster_yaml(tmp_path, monkeypatch):
     # Everything else, section by section: the run queue, pools, monitoring with its time
     # limits, retries, step output, retention, telemetry.
     for section in ("scheduler", "run_coordinator", "concurrency", "run_monitoring", "run_retries",
-                    "compute_logs", "retention", "telemetry", "nux"):
+                    "compute_logs", "retention", "telemetry", "nux", "freshness"):
         assert chart.get(section) == ours.get(section, {"module": "dagster.core.scheduler",
                                                         "class": "DagsterDaemonScheduler"}
                                               if section == "scheduler" else None), section
     assert ours["concurrency"]["pools"]["default_limit"] == 1
     assert ours["run_monitoring"]["max_runtime_seconds"] == 14400
+    assert ours["freshness"] == {"enabled": True}
 
     # Secrets only where they are read: the webserver gets no relgraph-env; PGSSLMODE and
     # the step-output directory reach every Dagster process.
