@@ -152,7 +152,13 @@ def check_batch(data: HeteroData, batch: HeteroData, entity: str, seeds: torch.T
             later = hop[t] > 0
             node_time = data[t].time[batch[t].n_id[later]]
             assert bool((node_time <= seed_time[batch[t].batch[later]]).all()), t
-        assert torch.equal(batch[t].x_num, data[t].x_num[batch[t].n_id])
+        expected = data[t].x_num[batch[t].n_id].clone()
+        if t == entity and "time" in data[t]:
+            # a seed created after its cutoff is withheld: no columns, its cutoff as its time
+            late = data[t].time[seeds] > cutoffs
+            expected[:len(seeds)][late] = 0.0
+            assert torch.equal(batch[t].time[:len(seeds)][late], cutoffs[late])
+        assert torch.equal(batch[t].x_num, expected)
 
     parents_seen = {t: torch.zeros(batch[t].num_nodes, dtype=torch.long) for t in data.node_types}
     for et in data.edge_types:

@@ -24,7 +24,9 @@ Conventions:
   ``torch.Generator`` seeded with ``seed``, one per call. Therefore a seed's sample
   depends only on the batch key, its ``input_id`` and its *eligible* neighbourhood: data
   after its cutoff, or other seeds in the batch, cannot change it.
-* Seeds are taken as given (a seed whose own time is after its cutoff is still a seed).
+* Seeds are taken as given (a seed whose own time is after its cutoff is still a seed);
+  the loader then withholds such a seed's own columns and time from the batch
+  (`pipeline.graph.views.withhold_seeds`).
 * Every sampled node also carries ``batch[T].degree``, int ``[N_T, k_T]``: its number of
   eligible neighbours per incoming edge type (the edge types ending at ``T``, in
   ``data.edge_types`` order), i.e. its true degree as of its seed's cutoff, however
@@ -53,6 +55,8 @@ from torch_geometric.sampler import (
     NodeSamplerInput,
 )
 from torch_geometric.typing import EdgeType
+
+from pipeline.graph.views import withhold_seeds
 
 STRATEGIES = ("uniform", "last")
 BACKENDS = ("torch", "pyg_lib")
@@ -648,11 +652,12 @@ def make_loader(data: HeteroData, entity_type: str, node_ids: Tensor, cutoffs: T
 
 
 class TemporalNodeLoader(NodeLoader):
-    """``NodeLoader`` that also puts the sampler's ``degree`` on each node type."""
+    """``NodeLoader`` that also puts the sampler's ``degree`` on each node type and
+    withholds the columns of seeds created after their cutoff (`withhold_seeds`)."""
 
     def filter_fn(self, out):
         data = super().filter_fn(out)
         if len(out.metadata) > 2:  # the torch backend's degrees (pyg-lib gives none)
             for t, d in out.metadata[2].items():
                 data[t].degree = d
-        return data
+        return withhold_seeds(data, self.input_data.input_type)

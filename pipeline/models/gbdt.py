@@ -10,9 +10,13 @@
 
 Rules of time: an example is (entity, cutoff). Every row a feature reads has
 `time <= cutoff` (rows of tables without a time column are static and always visible;
-rows whose time is NULL are never visible). Categorical codes are ranked by
-(first time the value was seen, value), so rows after a cutoff cannot move the code of
-any value seen before it.
+rows whose time is NULL are never visible). Under `test_context: frozen` a test example
+reads only rows up to the earlier of its cutoff and the test cutoff (its "seen" time),
+while ages and recency windows are still measured from its own cutoff. An entity row
+created after the example's cutoff is not visible, so its own columns are withheld.
+Categorical codes are ranked by (first time the value was seen, value), so rows after a
+cutoff cannot move the code of any value seen before it. A task's `remove_columns` are
+never features.
 
 Every query is set-based over the (entity, cutoff) pairs of a task table: one query
 per foreign-key path, never one per cutoff or per row. Paths that begin by going up
@@ -36,6 +40,7 @@ import math
 import os
 import warnings
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import lightgbm as lgb
@@ -49,6 +54,9 @@ from pipeline.evaluate import MetricWarning
 
 TOP_K = 10
 _P_CUT, _A_CUT, _C_CUT = 'p."cutoff"', 'a."cutoff"', 'c."cutoff"'
+# The last time whose rows an example may read (its cutoff, or the test cutoff when that is
+# earlier under test_context: frozen), per cutoff expression.
+_SEEN = {_P_CUT: 'p."__seen"', _A_CUT: 'a."__seen"', _C_CUT: 'c."__seen"'}
 
 
 @dataclass
@@ -227,8 +235,11 @@ class _Feature:
 class _Builder:
     """Generates and runs the feature SQL for one (connection, spec, config)."""
 
-    def __init__(self, con, spec: DatasetSpec, config: GBDTConfig):
+    def __init__(self, con, spec: DatasetSpec, config: GBDTConfig, removed=(),
+                 seen_limit: datetime | None = None):
         self.con, self.spec, self.config = con, spec, config
+        self.removed = {(str(t), str(c)) for t, c in removed}
+        self.seen_limit = seen_limit
         self._columns: dict[str, list[_Column]] = {}
         self._aliases = 0
 
@@ -250,6 +261,7 @@ class _Builder:
         if table not in self._columns:
             t = self.spec.table(table)
             skip = set(t.key_columns) | set(t.ignore_columns) | {"__id"}
+            skip |= {c for rt, c in self.removed if rt == table}
             skip |= {f"__fk_{fk.name}" for fk in t.foreign_keys}
             if t.time_column:
                 skip.add(t.time_column)
@@ -266,9 +278,16 @@ class _Builder:
         return f"{alias}.{q(col)}" if col else None
 
     def visible(self, alias: str, table: str, cutoff: str) -> str:
-        """SQL condition: the row is visible at `cutoff` (NULL time: never visible)."""
+        """SQL condition: the row is visible at `cutoff` (NULL time: never visible), i.e.
+        at the seen time that goes with that cutoff."""
         t = self.time(alias, table)
-        return f"{t} <= {cutoff}" if t else "TRUE"
+        return f"{t} <= {_SEEN.get(cutoff, cutoff)}" if t else "TRUE"
+
+    def seen_sql(self, cutoff: str = '"cutoff"') -> str:
+        """The seen time of an example with cutoff `cutoff` (see the module docstring)."""
+        if self.seen_limit is None:
+            return cutoff
+        return f"LEAST({cutoff}, TIMESTAMP '{self.seen_limit}')"
 
     def join(self, step: _Step, prev_alias: str, prev_id: str, alias: str,
              cutoff: str | None, how: str = "LEFT") -> str:
@@ -308,8 +327,8 @@ class _Builder:
                 feats.append(_Feature(f"{k}.code", name, categorical=True))
             else:
                 feats.append(_Feature(
-                    f"CASE WHEN {v} <= {cutoff} THEN (epoch({cutoff}) - epoch({v})) / 86400.0 END",
-                    name))
+                    f"CASE WHEN {v} <= {_SEEN.get(cutoff, cutoff)} "
+                    f"THEN (epoch({cutoff}) - epoch({v})) / 86400.0 END", name))
         t = self.time(alias, table)
         if t:
             feats.append(_Feature(f"(epoch({cutoff}) - epoch({t})) / 86400.0", age_name))
@@ -393,12 +412,12 @@ class _Builder:
         feats = self.aggregate_features(steps[m:], aliases, _A_CUT, f"{label}: ")
         select = ", ".join(f"{f.sql} AS f{i}" for i, f in enumerate(feats))
         outer = ", ".join(f"agg.f{i}" for i in range(len(feats)))
-        sql = (f"WITH anchor AS (SELECT p.\"__entity_id\", p.\"cutoff\", {prev}.\"__id\" AS __a "
-               f"{head}), "
+        sql = (f"WITH anchor AS (SELECT p.\"__entity_id\", p.\"cutoff\", p.\"__seen\", "
+               f"{prev}.\"__id\" AS __a {head}), "
                f"agg AS (SELECT a.__a, a.\"cutoff\", {select} FROM "
-               f"(SELECT DISTINCT __a, \"cutoff\" FROM anchor WHERE __a IS NOT NULL) AS a "
+               f"(SELECT DISTINCT __a, \"cutoff\", \"__seen\" FROM anchor WHERE __a IS NOT NULL) AS a "
                f"{' '.join(joins)} "
-               f"GROUP BY a.__a, a.\"cutoff\") "
+               f"GROUP BY a.__a, a.\"cutoff\", a.\"__seen\") "
                f"SELECT anchor.\"__entity_id\", anchor.\"cutoff\", {outer} FROM anchor "
                f"LEFT JOIN agg ON agg.__a = anchor.__a AND agg.\"cutoff\" = anchor.\"cutoff\"")
         return self.run(sql, feats), feats
@@ -409,7 +428,8 @@ class _Builder:
         order = ", ".join(q(k) for k in keys) + (', "label"' if has_label else "")
         frame = pl.from_arrow(self.con.sql(
             f"SELECT {order} FROM {_tbl(task_table)} ORDER BY {order}").to_arrow_table())
-        pairs = f"(SELECT DISTINCT \"__entity_id\", \"cutoff\" FROM {_tbl(task_table)})"
+        pairs = (f"(SELECT DISTINCT \"__entity_id\", \"cutoff\", {self.seen_sql()} AS \"__seen\" "
+                 f"FROM {_tbl(task_table)})")
         paths = [()] + ([] if flat else _paths(self.spec, task.entity_table,
                                                self.config.max_hops))
         feats: list[_Feature] = []
@@ -473,11 +493,12 @@ class _Builder:
                      for k in range(len(paths))]
         ctes = [
             f"events AS ({events})",
-            f"ex AS (SELECT DISTINCT {key_list} FROM {_tbl(task_table)})",
-            "cut AS (SELECT DISTINCT \"cutoff\" FROM ex)",
+            f"ex AS (SELECT DISTINCT {key_list}, {self.seen_sql()} AS \"__seen\" "
+            f"FROM {_tbl(task_table)})",
+            "cut AS (SELECT DISTINCT \"cutoff\", \"__seen\" FROM ex)",
             f"pop AS (SELECT c.\"cutoff\", e.__t, {', '.join(pop_cols)} "
             "FROM cut AS c JOIN events AS e "
-            f"ON e.__time <= c.\"cutoff\" "
+            f"ON e.__time <= c.\"__seen\" "
             f"AND e.__time > c.\"cutoff\" - INTERVAL {max(windows)} DAY "
             "GROUP BY ALL)",
             f"top AS (SELECT \"cutoff\", __t FROM pop WHERE pop_{popular_days} > 0 "
@@ -485,8 +506,8 @@ class _Builder:
             f"pop_{popular_days} DESC, __t) <= {int(cfg.popular_candidates)})",
             f"hist AS (SELECT x.\"__entity_id\", x.\"cutoff\", e.__t, COUNT(*) AS n, "
             f"{', '.join(hist_cols)} "
-            "FROM (SELECT DISTINCT \"__entity_id\", \"cutoff\" FROM ex) AS x "
-            "JOIN events AS e ON e.__e = x.\"__entity_id\" AND e.__time <= x.\"cutoff\" "
+            "FROM (SELECT DISTINCT \"__entity_id\", \"cutoff\", \"__seen\" FROM ex) AS x "
+            "JOIN events AS e ON e.__e = x.\"__entity_id\" AND e.__time <= x.\"__seen\" "
             "GROUP BY x.\"__entity_id\", x.\"cutoff\", e.__t)",
             "act AS (SELECT \"__entity_id\", \"cutoff\", SUM(n) AS n_all, COUNT(*) AS n_targets "
             "FROM hist GROUP BY ALL)",
@@ -575,9 +596,21 @@ def _resolve_task(spec: DatasetSpec, task: TaskSpec | str) -> TaskSpec:
     return spec.task(task) if isinstance(task, str) else task
 
 
+def _seen_limit(con, spec: DatasetSpec, task: TaskSpec, task_table: str) -> datetime | None:
+    """The test cutoff when a task table's test examples are frozen at it (a table with
+    splits under `test_context: frozen`); None otherwise (rolling, the live table)."""
+    from pipeline.data.tasks import task_cutoffs
+
+    if task.test_context != "frozen" or "split" not in _Builder(con, spec, GBDTConfig()
+                                                                ).table_columns(task_table):
+        return None
+    return task_cutoffs(con, spec, task).test
+
+
 def _build(con, spec: DatasetSpec, task: TaskSpec, task_table: str, flat: bool,
            config: GBDTConfig) -> tuple[pl.DataFrame, list[_Feature]]:
-    builder = _Builder(con, spec, config)
+    builder = _Builder(con, spec, config, task.remove_columns,
+                       _seen_limit(con, spec, task, task_table))
     if task.kind.ranks_targets:
         return builder.link_features(task, task_table, flat)
     return builder.entity_features(task, task_table, flat)

@@ -154,7 +154,9 @@ class TargetHistory(nn.Module):
             path[src] = j
             if "time" in batch[et[2]]:
                 parent_time[src] = batch[et[2]].time[dst].double()
-        keep = (path >= 0).nonzero().squeeze(1)  # the seeds themselves have no parent
+        # the seeds themselves have no parent; a target row newer than the model's targets
+        # (a test graph that reaches past the training graph) has no score to add to
+        keep = ((path >= 0) & (store.n_id < num_targets if n else path >= 0)).nonzero().squeeze(1)
         seed = store.batch[keep] if n else keep
         age = (batch[self.entity_type].seed_time[seed].double() - parent_time[keep]) / 86_400.0
         pair = seed * num_targets + (store.n_id[keep] if n else keep)

@@ -156,6 +156,10 @@ def link_truth(ex: Examples) -> list[np.ndarray]:
 class Trainer:
     """Trains one model on one task; `fit` returns a TrainResult.
 
+    `data` is the graph that training and validation sample from; `split_data` may give
+    another graph for a split (the test split under `test_context: rolling`, or a frozen
+    graph with bare nodes: `PreparedTask.test_graph`).
+
     With `config.nproc` > 1, in a plain process the Trainer is a launcher: `fit` starts
     the processes (its own model stays on the CPU and gets the best weights at the end);
     inside the process group they form, it is one rank, and `fit` returns the result on
@@ -164,7 +168,8 @@ class Trainer:
 
     def __init__(self, data, feature_meta: dict, task: TaskSpec, splits: dict[str, Examples],
                  config: TrainConfig, checkpoint_dir: Path, *, build: GraphBuilder,
-                 progress: bool = True, log: Callable[[str], None] | None = None):
+                 progress: bool = True, log: Callable[[str], None] | None = None,
+                 split_data: dict | None = None):
         self.task, self.splits, self.config, self.build = task, splits, config, build
         self.rank, self.world = distributed.group() if config.nproc > 1 else (0, 1)
         if self.world not in (1, config.nproc):
@@ -176,6 +181,8 @@ class Trainer:
             self.device = distributed.worker_device(config.device) if self.world > 1 else \
                 resolve_device(config.device)
         self.data = data.to(self.device)
+        self.split_data = {split: g.to(self.device) for split, g in (split_data or {}).items()
+                           if g is not data}
         self.progress, self.log = progress, log or (lambda msg: None)
         if self.rank != 0:
             self.progress, self.log = False, lambda msg: None
@@ -307,7 +314,7 @@ class Trainer:
 
     def evaluate(self, split: str) -> tuple[dict[str, float], np.ndarray]:
         ex = self.splits[split]
-        scores = self.predict(ex)
+        scores = self.predict(ex, self.split_data.get(split))
         return self.task.kind.compute_metrics(self.truth(ex), scores), scores
 
     def _better(self, new: float, best: float | None) -> bool:
@@ -338,6 +345,9 @@ class Trainer:
             best_state = self._load("best.pt")
             if best_state is not None:
                 self.model.load_state_dict(best_state["model"])
+            if "test" in self.split_data and result is not None:
+                # the ranks scored test on the training graph; this split has its own
+                result.test_metrics, result.test_scores = self.evaluate("test")
             return result
         cfg, metric = self.config, self.task.metric
         start_epoch, history, best, best_epoch, bad = 1, [], None, 0, 0
