@@ -213,3 +213,50 @@ def test_mlflow_uri_restores_the_environment(monkeypatch, tmp_path):
         assert os.environ["MLFLOW_TRACKING_URI"].endswith("a.db")
     assert "MLFLOW_TRACKING_URI" not in os.environ
     assert os.environ["MLFLOW_REGISTRY_URI"] == "sqlite:///elsewhere.db"
+
+
+# Last in the file: it moves the champion alias.
+def test_a_champion_registered_as_a_pickle_keeps_scoring(pipeline, monkeypatch):
+    """Before models from code, register_model logged `RelgraphModel()` itself, CloudPickled
+    by reference to its module (`pipeline.registry` before serving/ existed). A version made
+    that way here, as champion, still scores: the gate re-scores it, and the predictions
+    asset uses it."""
+    import mlflow.pyfunc
+    import pandas as pd
+
+    from pipeline.serving import registry
+
+    new_v = "2"  # lightgbm, a model from code
+    spec, task = pipeline.spec, pipeline.spec.task(TASK)
+    real = mlflow.pyfunc.log_model
+    with monkeypatch.context() as m:
+        m.setattr(mlflow.pyfunc, "log_model",
+                  lambda **kw: real(**{**kw, "python_model": registry.RelgraphModel()}))
+        m.setattr(registry.RelgraphModel, "__module__", "pipeline.registry")
+        old_v = registry.register_model(pipeline.tracker, pipeline.paths, spec, task, pipeline.lightgbm)
+    client = pipeline.tracker.client
+    with mlflow_uri(pipeline.tracker.tracking_uri):
+        old_dir = Path(mlflow.artifacts.download_artifacts(f"models:/{NAME}/{old_v}"))
+        new_dir = Path(mlflow.artifacts.download_artifacts(f"models:/{NAME}/{new_v}"))
+    assert b"pipeline.registry" in (old_dir / "python_model.pkl").read_bytes()
+    assert not list(new_dir.rglob("*.pkl"))
+
+    con = duckdb.connect(str(pipeline.paths.warehouse), read_only=True)
+    try:
+        frame, truth = registry.split_frame(con, spec, task, "val")
+    finally:
+        con.close()
+    old_val, new_val = (registry.split_metric(load_version(pipeline.tracker, NAME, v, pipeline.paths.root),
+                                              frame, truth, task) for v in (old_v, new_v))
+    assert old_val == new_val  # the same booster, loaded either way
+
+    client.set_registered_model_alias(NAME, CHAMPION, old_v)
+    decision = registry.champion_gate(pipeline.tracker, pipeline.paths, spec, task, new_v)
+    assert decision.champion_val == old_val and not decision.promoted, decision.reason
+
+    result = dg.materialize(dataset_assets(spec), selection=[dg.AssetKey(["ecommerce", TASK, "predictions"])],
+                            resources=pipeline.resources, instance=pipeline.instance)
+    (mat,) = result.asset_materializations_for_node(f"ecommerce__{TASK}__predictions")
+    assert mat.metadata["source"].value == f"champion v{old_v}"
+    preds = pd.read_parquet(mat.metadata["parquet"].value)
+    assert len(preds) > 100

@@ -281,6 +281,61 @@ def test_every_torch_load_uses_weights_only():
     assert bad == [], f"torch.load without weights_only=True (unpickles arbitrary code): {bad}"
 
 
+
+def test_registered_models_pickle_nothing_and_load_without_unpickling(tmp_path, monkeypatch):
+    """The registry path: register_model logs a model from code (no python_model.pkl, no
+    CloudPickle in its MLmodel), with no warning but the listed third-party ones (MLflow's
+    CloudPickle and predict-type-hint warnings among what would fail), and loading it
+    unpickles nothing (pickle.load and cloudpickle.load refuse)."""
+    import json
+    import pickle
+    import warnings
+
+    import cloudpickle
+    import mlflow
+    import yaml
+
+    from pipeline.paths import DataPaths
+    from pipeline.data.spec import load_spec
+    from pipeline.serving.registry import RelgraphModel, load_version, register_model
+    from pipeline.third_party_warnings import ignore_third_party_warnings
+    from pipeline.training.tracking import Tracker, mlflow_uri
+
+    spec = load_spec(REPO / "datasets" / "ecommerce.yaml")
+    task = spec.task("customer_churn")
+    paths = DataPaths(tmp_path / "data")
+    tracker = Tracker(paths.mlflow_uri())
+    run_id = tracker.client.create_run(tracker.experiment(spec.name, task.name)).info.run_id
+    checkpoint = tmp_path / "lightgbm"
+    checkpoint.mkdir()
+    (checkpoint / "model.txt").write_text("tree\n")
+    graph = paths.graphs / spec.name / "g1"
+    graph.mkdir(parents=True)
+    (graph / "meta.json").write_text(json.dumps({"hash": "g1", "fit_cutoff": "2025-01-01T00:00:00",
+                                                 "feature_meta": {}, "encoders": {}}))
+    result = {"model": "lightgbm", "graph_hash": "g1", "dagster_run_id": "d1",
+              "runs": [{"metrics": {"val_auroc": 0.7}, "mlflow_run_id": run_id,
+                        "checkpoint": str(checkpoint)}]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ignore_third_party_warnings()
+        version = register_model(tracker, paths, spec, task, result)
+    with mlflow_uri(tracker.tracking_uri):
+        local = Path(mlflow.artifacts.download_artifacts(f"models:/relgraph-ecommerce-customer_churn/{version}"))
+    flavor = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]
+    assert "model_code_path" in flavor and "python_model" not in flavor, flavor
+    assert not [p for p in local.rglob("*") if p.suffix in (".pkl", ".pickle")]
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("loading a registered model unpickled something")
+
+    for module in (pickle, cloudpickle):
+        monkeypatch.setattr(module, "load", refuse)
+        monkeypatch.setattr(module, "loads", refuse)
+    model = load_version(tracker, "relgraph-ecommerce-customer_churn", version, paths.root)
+    assert isinstance(model.unwrap_python_model(), RelgraphModel)
+    assert model.unwrap_python_model().bundle.model == "lightgbm"
+
 def test_local_servers_bind_loopback(monkeypatch):
     import assets.cli as cli
 

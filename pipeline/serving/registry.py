@@ -16,7 +16,13 @@ warehouse and graph cache of `$RELGRAPH_DATA` (or `model_config={"data_dir": ...
 a copy of the data directory works. It returns a numpy array in input order: binary
 [n] probabilities, regression [n] values, multiclass [n, C] probabilities, link
 prediction [n, num_targets] scores (graph models) or [n, 10] target `__id`s (LightGBM).
-The code itself is not packaged: loading needs `relgraph` installed (it is, in `.venv`).
+The model is an MLflow "model from code": its `python_model` is the file
+`pipeline/serving/pyfunc_model.py` (copied into the model), which names `RelgraphModel`;
+every artifact is a plain file (weights read with `torch.load(weights_only=True)` or
+LightGBM's text model, YAML, JSON), so loading unpickles nothing. The code itself is not
+packaged: loading needs `relgraph` installed (it is, in `.venv`). Versions registered
+before (a CloudPickled `RelgraphModel`, under this module's name or `pipeline.registry`)
+still load and score: the class they name is this one.
 
 Graph models see the current rows encoded as at training time: the graph is rebuilt with
 the model's fit cutoff, and encoders read nothing after it, so they come out identical
@@ -58,6 +64,8 @@ from pipeline.training.graph_family import RegistryMismatch
 from pipeline.training.zoo import model_entry
 
 CHAMPION, CHALLENGER = "champion", "challenger"
+# The file MLflow logs as every registered model's python_model (models from code).
+PYFUNC_CODE = Path(__file__).resolve().with_name("pyfunc_model.py")
 META_FORMAT = 1
 # How long a scoring call waits for a writer (another process) to release the warehouse.
 LOCK_WAIT_S = 120.0
@@ -171,7 +179,7 @@ class RelgraphModel(mlflow.pyfunc.PythonModel):
     model_config: `data_dir` ("" = $RELGRAPH_DATA) and `device` (default auto).
     """
 
-    def load_context(self, context) -> None:
+    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         meta = json.loads(Path(context.artifacts["meta"]).read_text())
         if meta.get("format") != META_FORMAT:
             raise RegistryError(f"model metadata format {meta.get('format')} is not {META_FORMAT}")
@@ -182,7 +190,10 @@ class RelgraphModel(mlflow.pyfunc.PythonModel):
         self.data_dir = config.get("data_dir")
         self.device = config.get("device", "auto")
 
-    def predict(self, context, model_input, params=None):
+    # pd.DataFrame: MLflow passes the frame as it is (a signature would coerce the keys'
+    # types, which differ from dataset to dataset); score_frame checks the columns.
+    def predict(self, context: mlflow.pyfunc.PythonModelContext, model_input: pd.DataFrame,
+                params: dict | None = None) -> np.ndarray:
         paths = DataPaths(Path(self.data_dir).resolve()) if self.data_dir else DataPaths.from_env()
         con = open_warehouse(paths.warehouse)
         try:
@@ -252,7 +263,7 @@ def register_model(tracker: Tracker, paths: DataPaths, spec: DatasetSpec, task: 
             shutil.copyfile(spec.path, spec_path)
         with mlflow_uri(tracker.tracking_uri), mlflow.start_run(run_id=run_id):
             info = mlflow.pyfunc.log_model(
-                name="model", python_model=RelgraphModel(),
+                name="model", python_model=str(PYFUNC_CODE),
                 artifacts={"model": str(checkpoint), "spec": str(spec_path), "meta": str(meta_path)},
                 # Declared so that load_model may override them (it drops undeclared keys).
                 model_config={"data_dir": "", "device": "auto"},
