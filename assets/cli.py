@@ -167,7 +167,7 @@ def cmd_run(args) -> int:
     print(report.markdown)
     print(f"\nMLflow experiment: relgraph/{spec.name}/{task.name}  "
           f"(tracking store: {os.environ.get('MLFLOW_TRACKING_URI') or DataPaths.from_env().mlflow_uri()})")
-    if getattr(report, "submissions", None):
+    if report.submissions:
         print(f"RelBench prediction files: {report.submissions}")
     _print_refused(spec)
     return 0

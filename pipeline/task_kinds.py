@@ -5,8 +5,9 @@ between binary classification, multiclass classification, regression and link
 prediction: the label's SQL type and tensor dtype, the per-split label statistic, the
 width of the model head and how its output becomes a score, the training loss, the
 metrics (and which direction is better), the plots, the LightGBM objective and the
-column that batch predictions write. Nothing outside this module compares a task's type;
-code asks `task.kind` instead.
+column that batch predictions write, and what RelBench's leaderboard scores it by (its
+one metric per kind and the prediction column of its files). Nothing outside this module
+compares a task's type; code asks `task.kind` instead.
 
 Adding a task kind is one subclass here and one entry in `TASK_KINDS`.
 """
@@ -33,6 +34,9 @@ class TaskKind:
         ranks_targets: examples have a set of target rows, not one label.
         scalar_output: the head gives one number per example ([B], not [B, C]).
         gbdt_objective: LightGBM's objective (link prediction: binary, on candidate pairs).
+        relbench_metric: the one metric relbench 3.0.2 scores this kind by (roc_auc, nmae,
+            map at eval_k); None where its leaderboard scores none (multiclass), and such a
+            task gets no prediction file.
     """
 
     name: str
@@ -42,6 +46,7 @@ class TaskKind:
     ranks_targets: bool = False
     scalar_output: bool = True
     gbdt_objective: str = "binary"
+    relbench_metric: str | None = None
 
     @property
     def default_metric(self) -> str:
@@ -104,6 +109,18 @@ class TaskKind:
         """LightGBM parameters this kind sets for `task` (objective, number of classes)."""
         return {"objective": self.gbdt_objective}
 
+    # -- RelBench's leaderboard -----------------------------------------------------
+    def relbench_predictions(self, scores, k: int | None = None) -> np.ndarray:
+        """What a RelBench prediction file holds per test example: a probability of the
+        positive class (binary), a value on the label's scale (regression), or the ids of
+        the `k` best targets, best first, -1 where there are fewer (link prediction)."""
+        return np.asarray(scores, dtype=np.float64)
+
+    def relbench_score(self, y_true, predictions, train_std: float | None = None) -> dict:
+        """{relbench_metric: value} of `predictions` (from `relbench_predictions`), computed
+        as relbench 3.0.2 computes it; {} for a kind it does not score."""
+        return {}
+
     def __repr__(self) -> str:
         return f"TaskKind({self.name})"
 
@@ -112,6 +129,16 @@ class Binary(TaskKind):
     name = "binary_classification"
     metrics = ("auroc", "average_precision", "accuracy", "f1")
     label_stat = "positive_rate"
+    relbench_metric = "roc_auc"
+
+    def relbench_predictions(self, scores, k=None):
+        scores = np.asarray(scores, dtype=np.float64)
+        return scores[:, -1] if scores.ndim == 2 else scores  # [n, 2]: the positive class
+
+    def relbench_score(self, y_true, predictions, train_std=None):
+        from sklearn.metrics import roc_auc_score
+
+        return {"roc_auc": float(roc_auc_score(np.asarray(y_true), predictions))}
 
     def check_split(self, task_name: str, split: str, stats: dict) -> str | None:
         positives = round(stats["positive_rate"] * stats["examples"])
@@ -185,6 +212,15 @@ class Regression(TaskKind):
     metrics = ("mae", "rmse", "r2")
     label_sql_type = "DOUBLE"
     gbdt_objective = "regression"
+    relbench_metric = "nmae"
+
+    def relbench_score(self, y_true, predictions, train_std=None):
+        """MAE divided by `train_std`, the standard deviation (ddof=1) of the labels of
+        RelBench's train table (`pipeline.data.tasks.relbench_train_labels`)."""
+        if train_std is None:
+            raise ValueError("nmae needs the standard deviation of the train labels")
+        mae = float(np.mean(np.abs(np.asarray(y_true, dtype=np.float64) - predictions)))
+        return {"nmae": mae / float(train_std)}
 
     def label_scale(self, train_labels):
         # Targets are standardized with train statistics for a stable loss.
@@ -224,6 +260,39 @@ class LinkPrediction(TaskKind):
     label_stat = "targets_per_example"
     ranks_targets = True
     scalar_output = False
+    relbench_metric = "map"
+
+    def relbench_predictions(self, scores, k=None):
+        from pipeline.evaluate import top_k_ids
+
+        k = k or 10
+        scores = np.asarray(scores)
+        ids = (scores[:, :k].astype(np.int64) if scores.dtype.kind == "i"
+               else top_k_ids(scores.astype(np.float64), k))
+        if ids.shape[1] < k:
+            ids = np.concatenate([ids, np.full((len(ids), k - ids.shape[1]), -1, np.int64)], 1)
+        return ids
+
+    def relbench_score(self, y_true, predictions, train_std=None):
+        """RelBench's MAP at eval_k (relbench/metrics.py `map`): hit j of example i when its
+        j-th id is one of its true targets; examples without a true target left out;
+        AP_i = sum_j precision@j * hit_j / min(|true_i|, eval_k)."""
+        from pipeline.evaluate import _relevance_csr
+
+        n, k = predictions.shape
+        indptr, flat = _relevance_csr(y_true)
+        width = int(max(flat.max(initial=-1), predictions.max(initial=-1))) + 2
+        # one flat key per (example, target) pair: no loop over examples
+        relevant = np.unique(np.repeat(np.arange(n, dtype=np.int64), np.diff(indptr)) * width + flat)
+        count = np.bincount(relevant // width, minlength=n)
+        hits = (np.isin(np.arange(n, dtype=np.int64)[:, None] * width + predictions, relevant)
+                & (predictions >= 0)).astype(np.float64)
+        keep = count > 0
+        hits, count = hits[keep], count[keep]
+        if not len(hits):
+            return {"map": float("nan")}
+        precision = np.cumsum(hits, axis=1) / (np.arange(k) + 1)
+        return {"map": float(((precision * hits).sum(axis=1) / np.minimum(count, k)).mean())}
 
     def head_outputs(self, hidden, num_classes, num_targets):
         if num_targets is None or num_targets < 1:

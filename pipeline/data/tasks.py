@@ -429,7 +429,13 @@ def _apply_rules(con, spec: DatasetSpec, task: TaskSpec, cuts: TaskCutoffs, shap
     null_key = " OR ".join(f"o.{q(k)} IS NULL" for k in keys)
     if relbench_like:
         # RelBench keeps these (its cut turns a foreign key into NULL and the SQL grouped by
-        # it); an example needs an entity, so relgraph drops them and says how many.
+        # it); an example needs an entity, so relgraph drops them and says how many, and
+        # keeps their labels apart (`task_<name>_unkeyed`): RelBench's NMAE divides by the
+        # spread of train labels that include them.
+        if not shape.link:
+            con.execute(f"CREATE OR REPLACE TEMP TABLE _task_unkeyed AS SELECT o.__split AS split, "
+                        f"o.cutoff, TRY_CAST(o.label AS {task.kind.label_sql_type}) AS label "
+                        f"FROM _task_rows o WHERE {null_key}")
         rows.report("null_entity", null_key, "dropped (an example needs an entity)",
                     f"rows have a NULL {entity.name} key")
     missing = f"NOT EXISTS (SELECT 1 FROM {ent} e WHERE {join_e})"
@@ -535,8 +541,14 @@ def build_task_table(con: duckdb.DuckDBPyConnection, spec: DatasetSpec, task: Ta
             FROM _task_rows o JOIN {q(entity.name)} e ON {join_e} {join_t}
             ORDER BY split, cutoff, __entity_id{', __target_id' if link else ''}""")
         live_from = _build_live(con, spec, task, cuts, shape)
+        unkeyed = q(f"task_{task.name}_unkeyed")
+        if _exists(con, "_task_unkeyed"):
+            con.execute(f"CREATE OR REPLACE TABLE {unkeyed} AS SELECT * FROM _task_unkeyed "
+                        "ORDER BY split, cutoff")
+        else:
+            con.execute(f"DROP TABLE IF EXISTS main.{unkeyed}")
     finally:
-        for tmp in ("_task_rows", "_task_out", "_task_live", "_task_raw"):
+        for tmp in ("_task_rows", "_task_out", "_task_live", "_task_raw", "_task_unkeyed"):
             con.execute(f"DROP TABLE IF EXISTS temp.main.{q(tmp)}")
     summary = split_summary(con, task, why=_why_empty(cuts, raw_counts, repairs))
     summary["cutoffs"] = {k: (str(v) if not isinstance(v, list) else [str(x) for x in v])
@@ -550,6 +562,26 @@ def build_task_table(con: duckdb.DuckDBPyConnection, spec: DatasetSpec, task: Ta
             "message": f"{_where(spec, task)}: no {entity.name} is live at the newest "
                        f"timestamp ({cuts.latest}) ({live_from})"})
     return summary
+
+
+def _exists(con, temp_table: str) -> bool:
+    return bool(con.execute("SELECT count(*) FROM duckdb_tables() WHERE temporary AND table_name = ?",
+                            [temp_table]).fetchall()[0][0])
+
+
+def relbench_train_labels(con: duckdb.DuckDBPyConnection, task: TaskSpec) -> np.ndarray:
+    """The labels of RelBench's train table of `task` (float64): relgraph's train labels
+    and those of the train rows whose entity is NULL, which RelBench keeps and relgraph
+    cannot train on (`task_<name>_unkeyed`). RelBench's NMAE divides by their standard
+    deviation."""
+    parts = [f"SELECT CAST(label AS DOUBLE) AS label FROM main.{q(f'task_{task.name}')} "
+             "WHERE split = 'train'"]
+    unkeyed = f"task_{task.name}_unkeyed"
+    if con.execute("SELECT count(*) FROM duckdb_tables() WHERE NOT temporary AND schema_name = "
+                   "'main' AND table_name = ?", [unkeyed]).fetchall()[0][0]:
+        parts.append(f"SELECT CAST(label AS DOUBLE) FROM main.{q(unkeyed)} WHERE split = 'train'")
+    column = con.sql(" UNION ALL ".join(parts)).to_arrow_table().column("label")
+    return column.to_numpy(zero_copy_only=False).astype(np.float64)  # NULL -> NaN
 
 
 def _build_live(con, spec: DatasetSpec, task: TaskSpec, cuts: TaskCutoffs, shape: _Shape) -> str:

@@ -2,7 +2,9 @@
 task for one or more seeds, write plots and a result file, log to MLflow.
 
 The result file (`results/<dataset>/<task>/<model>.json`) is what the evaluation step
-and `relgraph run`'s summary read; MLflow gets the same numbers.
+and `relgraph run`'s summary read; MLflow gets the same numbers. On a RelBench task each
+seed also writes its test predictions as a RelBench prediction file and logs RelBench's
+metric of them as `test_relbench_<metric>` (pipeline/training/submission.py).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pipeline.paths import DataPaths
 from pipeline.training.tracking import Tracker, git_commit
 from pipeline.evaluate import plot_curves
 from pipeline.training.prepare import PreparedTask
+from pipeline.training.submission import write_submission
 from pipeline.training.zoo import MODELS, model_entry
 
 # Checkpoints of this many data versions (graph + labels) are kept per model.
@@ -131,25 +134,32 @@ def run_model(prep: PreparedTask, model: str, config, ctx: RunContext, seeds: in
         plots = _plots(task, out_dir, fit.history, fit.test_true, fit.test_scores)
         metrics = {**{f"val_{k}": v for k, v in val_m.items()},
                    **{f"test_{k}": v for k, v in test_m.items()}}
+        sub = write_submission(prep, model, fit.test_scores, fit.test_true, ctx.paths.results,
+                               seed=None if i == 0 else seed)
+        if sub is not None:
+            metrics.update({f"test_relbench_{k}": v for k, v in sub.metrics.items()})
         run_id = None
         if ctx.tracker is not None:
             run_id = ctx.tracker.log_model_run(
                 experiment_id, parent_id, model=model,
                 params={**fit.params, "graph_hash": graph_hash, "git_commit": git_commit() or "",
-                        "seed": seed},
+                        "seed": seed, "test_context": task.test_context},
                 history=fit.history, metrics={**metrics, "train_seconds": seconds},
                 tags={"dataset": spec.name, "task": task.name, "graph_hash": graph_hash,
                       "dagster_run_id": ctx.dagster_run_id, **ctx.extra_tags},
-                artifacts=plots)
+                artifacts=plots + ([sub.path] if sub is not None else []))
         ctx.log(f"{task.name}/{model} seed {seed}: val_{task.metric}={val_m.get(task.metric):.4f} "
                 f"test_{task.metric}={test_m.get(task.metric):.4f} ({seconds:.1f}s)")
         runs.append({"seed": seed, "metrics": metrics, "seconds": seconds, "mlflow_run_id": run_id,
+                     "submission": str(sub.path) if sub is not None else None,
                      "train_seeds_per_s": fit.train_seeds_per_s, "checkpoint": fit.checkpoint,
                      "plots": [str(p) for p in plots]})
     prune_checkpoints(model_dir, ctx.keep_checkpoints)
     keys = sorted({k for r in runs for k in r["metrics"]})
     result = {
         "dataset": spec.name, "task": task.name, "model": model, "metric": task.metric,
+        "test_context": task.test_context,
+        "relbench_metric": task.kind.relbench_metric if task.relbench is not None else None,
         "dagster_run_id": ctx.dagster_run_id, "graph_hash": graph_hash,
         "experiment": f"relgraph/{spec.name}/{task.name}", "mlflow_parent_run_id": parent_id,
         "runs": runs,
