@@ -57,9 +57,10 @@ class Attributions:
     the path's latest row), `aggregate` (LightGBM: count, sum, mean, max, distinct, value;
     graph models: ""), `window_days` (null: all history), `node_table` and `node` (graph
     models: the neighbouring row, by `__id`, whose encoder input it is; null otherwise),
-    and `value`. `scores` are the raw outputs explained and `base` what the rows would
-    get without any input (LightGBM's expected value; a graph model's output with every
-    input at zero): `base + sum(value)` is `scores` exactly (LightGBM) or up to the
+    and `value` (LightGBM adds `feature`, the feature's own name). `scores` are the raw
+    outputs explained and `base` what the rows would get from a reference input
+    (LightGBM's expected value; for a graph model, every node's inputs at the average
+    row's): `base + sum(value)` is `scores` exactly (LightGBM) or up to the
     integration error (graph models).
     """
 

@@ -83,5 +83,46 @@ class GBDTFamily(ModelFamily):
             con.execute("DROP TABLE IF EXISTS _score_pairs")
         return scores[index]
 
+    def explain(self, entry, prep, checkpoint, entity, cutoff, device="cpu"):
+        """LightGBM's `pred_contrib` of each row's features, grouped back to the path,
+        table and column each feature reads (`pipeline.training.gbdt_attribution`)."""
+        import numpy as np
+        import polars as pl
+        import pyarrow as pa
+
+        from pipeline.models.gbdt import build_features
+        from pipeline.training.gbdt_attribution import contributions
+
+        task = prep.task
+        if task.kind.ranks_targets:
+            raise ValueError(f"{entry.name} on {task.name}: LightGBM scores candidate pairs; "
+                             "explanations cover tasks that score one entity per row")
+        model = load_gbdt(Path(checkpoint))
+        rows = pa.table({"__row": np.arange(len(entity), dtype=np.int64),
+                         "__entity_id": np.asarray(entity, dtype=np.int64),
+                         "cutoff": pa.array(np.asarray(cutoff, dtype=np.int64) * 1_000_000,
+                                            pa.timestamp("us"))})
+        with prep.connect() as con:
+            con.register("_explain_in", rows)
+            try:
+                con.execute("CREATE OR REPLACE TEMP TABLE _explain_rows AS "
+                            "SELECT DISTINCT __entity_id, cutoff FROM _explain_in")
+                frame, names = build_features(con, prep.spec, task, "_explain_rows", model.flat,
+                                              model.config)
+                # build_features answers in (cutoff, __entity_id) order; map rows to it.
+                index = con.sql("""SELECT p.__k FROM _explain_in r JOIN
+                                     (SELECT __entity_id, cutoff, row_number() OVER
+                                        (ORDER BY cutoff, __entity_id) - 1 AS __k
+                                      FROM _explain_rows) p USING (__entity_id, cutoff)
+                                   ORDER BY r.__row""").to_arrow_table().column(0).to_numpy()
+            finally:
+                con.execute("DROP TABLE IF EXISTS _explain_rows")
+                con.unregister("_explain_in")
+        if names != model.feature_names:
+            raise ValueError(f"{entry.name} on {task.name}: the features differ from the "
+                             "model's; retrain the model")
+        x = frame.select(pl.col(names).cast(pl.Float64)).to_numpy()[index]
+        return contributions(prep.spec, task.entity_table, model, x)
+
 
 GBDT = GBDTFamily()

@@ -133,6 +133,29 @@ class GraphFamily(ModelFamily):
         out[order] = scores
         return out
 
+    def explain(self, entry, prep, checkpoint, entity, cutoff, device="cpu"):
+        """Integrated gradients over each row's sampled subgraph from the average row of
+        up to 256 validation examples (`pipeline.training.graph_attribution`), in the units
+        of the model's output."""
+        from pipeline.training.graph_attribution import integrated_gradients, reference_shares
+
+        newest = datetime.fromtimestamp(int(np.max(cutoff)), timezone.utc).replace(tzinfo=None)
+        data = prep.graph.truncate(newest)
+        dev = resolve_device(device)
+        predictor, config, y_mean, y_std = load_predictor(
+            checkpoint, entry.build, prep.graph.feature_meta, data.metadata(), prep.task, dev)
+        val = prep.examples(("val",))["val"]
+        pick = torch.linspace(0, len(val) - 1, min(256, len(val))).long()
+        reference = reference_shares(predictor, data, prep.task.entity_table, val.entity[pick],
+                                     val.cutoff[pick], config, dev) if len(val) else None
+        out = integrated_gradients(predictor, data, prep.graph.feature_meta,
+                                   prep.task.entity_table, torch.as_tensor(entity),
+                                   torch.as_tensor(cutoff), config, dev, reference)
+        if y_std != 1.0 or y_mean != 0.0:  # regression trains on standardized labels
+            out.frame = out.frame.with_columns(out.frame["value"] * y_std)
+            out.scores, out.base = out.scores * y_std + y_mean, out.base * y_std + y_mean
+        return out
+
 
 def _canonical(value) -> str:
     return json.dumps(value, sort_keys=True, default=str)
