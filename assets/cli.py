@@ -6,6 +6,7 @@
     relgraph graph --dataset SPEC|DIR [--scale N]
     relgraph query --dataset SPEC|DIR "PREDICT ..." [--val-cutoff C] [--test-cutoff C]
     relgraph tune  --dataset SPEC|DIR [--task T] --model M --trials N [--seed S] [--timeout-s X]
+    relgraph explain --dataset SPEC|DIR [--task T] --entity KEY [--cutoff C] [--model M]
     relgraph import-relbench DIR                      print the relgraph spec of a RelBench folder
     relgraph export-relbench --dataset SPEC --out DIR write a dataset as a RelBench 3 folder
     relgraph ui    [--dagster-port 3000] [--mlflow-port 5000]
@@ -324,6 +325,71 @@ def cmd_export_relbench(args) -> int:
     return 0
 
 
+def cmd_explain(args) -> int:
+    """Why a trained model scores one entity as it does: the top contributions in the
+    user's terms and the neighbouring rows that mattered most (nothing is trained)."""
+    from contextlib import closing
+    from datetime import datetime
+
+    import duckdb
+
+    from pipeline.graph.build import epoch_seconds
+    from pipeline.paths import DataPaths
+    from pipeline.serving.explain import (choose_model, entity_id, explain_rows, neighbours,
+                                          node_keys, reasons)
+    from pipeline.serving.registry import registered_name
+    from pipeline.training.prepare import prepare_task
+    from pipeline.training.tracking import Tracker
+    from pipeline.training.zoo import model_entry
+
+    spec, task = _spec_and_task(args, "explain")
+    paths = DataPaths.from_env()
+    if not paths.warehouse.exists():
+        raise SystemExit(f"relgraph explain: no warehouse at {paths.warehouse}; run `relgraph run` first")
+    champion = None
+    if not args.model:
+        try:
+            version = Tracker.default(paths).client.get_model_version_by_alias(
+                registered_name(spec.name, task.name), "champion")
+            champion = version.tags.get("model")
+        except Exception:  # no registry or no champion yet: the run's best model
+            champion = None
+    try:
+        chosen = choose_model(paths, spec, task, args.model, champion)
+    except ValueError as exc:
+        raise SystemExit(f"relgraph explain: {exc}") from None
+
+    def connect():
+        return closing(duckdb.connect(str(paths.warehouse), read_only=True))
+
+    needs_graph = model_entry(chosen.model).family.needs_graph
+    prep = prepare_task(connect, spec, task,
+                        graphs_dir=paths.graphs / spec.name if needs_graph else None)
+    cutoff = datetime.fromisoformat(args.cutoff) if args.cutoff else prep.cutoffs.latest
+    try:
+        with connect() as con:
+            eid = entity_id(con, spec, task, args.entity)
+    except ValueError as exc:
+        raise SystemExit(f"relgraph explain: {exc}") from None
+    attr = explain_rows(prep, chosen.model, chosen.checkpoint, [eid], [epoch_seconds(cutoff)],
+                        device=args.device)
+    print(f"{spec.name} / {task.name}: {task.entity_table} {args.entity} at {cutoff} by "
+          f"{chosen.model} ({chosen.why})")
+    print(f"score {float(attr.scores[0]):+.4f} (raw output: log-odds for classification) = "
+          f"reference {float(attr.base[0]):+.4f} + contributions; {attr.method}")
+    print(f"\ntop {args.top} contributions:")
+    for reason, value in reasons(attr, task.entity_table, args.top).select("reason", "value").iter_rows():
+        print(f"  {value:+.4f}  {reason}")
+    near = neighbours(attr, top=5)
+    if len(near):
+        with connect() as con:
+            near = node_keys(con, spec, near)
+        print("\nneighbouring rows that mattered most:")
+        for table, key, value in near.select("node_table", "key", "value").iter_rows():
+            print(f"  {value:+.4f}  {table} {key}")
+    return 0
+
+
 def _stop_group(proc: subprocess.Popen) -> None:
     try:
         os.killpg(proc.pid, signal.SIGINT)
@@ -454,6 +520,17 @@ def main(argv: list[str] | None = None) -> int:
     ui.add_argument("--dagster-port", type=int, default=3000)
     ui.add_argument("--mlflow-port", type=int, default=5000)
     ui.set_defaults(func=cmd_ui)
+
+    explain = sub.add_parser("explain", help="why a trained model scores one entity as it does")
+    explain.add_argument("--dataset", default=default_spec, help=dataset_help)
+    explain.add_argument("--task")
+    explain.add_argument("--entity", required=True, help="the entity's key")
+    explain.add_argument("--cutoff", help="as of when (ISO time); default: the newest row's time")
+    explain.add_argument("--model", help="default: the registered champion, else the best by "
+                                         "validation among the trained models")
+    explain.add_argument("--top", type=int, default=10, help="contributions to print")
+    explain.add_argument("--device", default="cpu")
+    explain.set_defaults(func=cmd_explain)
 
     bench = sub.add_parser("bench", help="run the benchmarks")
     bench.add_argument("--quick", action="store_true")
