@@ -10,11 +10,12 @@ import base64
 import os
 
 import dagster as dg
+from dagster_duckdb import DuckDBResource
 
 from assets import names
 from assets.checks import champion_gate_result, champion_gate_spec
 from assets.resources import ComputeResource, MLflowResource, PathsResource
-from pipeline.training.zoo import ALL_MODELS
+from pipeline.training.zoo import ALL_MODELS, model_entry
 from pipeline.graph.build import prune_cache
 from pipeline.serving.registry import best_of_run, champion_gate, register_run, version_uri
 from pipeline.training.report import comparison
@@ -37,7 +38,7 @@ def _evaluation_asset(spec: DatasetSpec, task_name: str, models) -> dg.AssetsDef
               group_name=names.group(spec),
               description=f"Validation and test {task.metric} of every model on {task_name}.")
     def _evaluate(context: dg.AssetExecutionContext, paths: PathsResource,
-                  mlflow: MLflowResource) -> dg.MaterializeResult:
+                  mlflow: MLflowResource, duckdb: DuckDBResource) -> dg.MaterializeResult:
         p = paths.paths()
         tracker = mlflow.tracker(p)
         report = comparison(p, spec, task, run_id=context.run.run_id, tracker=tracker)
@@ -55,6 +56,7 @@ def _evaluation_asset(spec: DatasetSpec, task_name: str, models) -> dg.AssetsDef
             # Inline, so the plot shows in the UI's metadata panel without a file server.
             png = base64.b64encode(report.plot.read_bytes()).decode()
             meta["comparison_plot"] = dg.MetadataValue.md(f"![comparison](data:image/png;base64,{png})")
+        meta.update(_importance(p, tracker, spec, task, duckdb, context.run.run_id))
         ui = os.environ.get("RELGRAPH_MLFLOW_UI", MLFLOW_UI_DEFAULT).strip()
         parent = report.rows[0]["parent"]
         if ui and parent:
@@ -63,6 +65,29 @@ def _evaluation_asset(spec: DatasetSpec, task_name: str, models) -> dg.AssetsDef
         return dg.MaterializeResult(metadata=meta)
 
     return _evaluate
+
+
+def _importance(p, tracker, spec: DatasetSpec, task, duckdb, run_id: str) -> dict:
+    """A global importance plot (by table, by column) per model of the run, inline in the
+    metadata and logged to the model's MLflow run (pipeline/serving/explain.py)."""
+    from pipeline.serving.explain import importance_plots
+    from pipeline.training.experiment import load_results
+    from pipeline.training.prepare import prepare_task
+
+    results = load_results(p, spec.name, task.name, run_id)
+    graphs = any(model_entry(m).family.needs_graph for m in results)
+    prep = prepare_task(duckdb.get_connection, spec, task,
+                        graphs_dir=p.graphs / spec.name if graphs else None)
+    plots = importance_plots(prep, results, p.results / spec.name / task.name)
+    meta = {}
+    for model, png in plots.items():
+        data = base64.b64encode(png.read_bytes()).decode()
+        meta[f"importance_{model}"] = dg.MetadataValue.md(
+            f"![importance of {model}](data:image/png;base64,{data})")
+        for run in results[model]["runs"]:
+            if run.get("mlflow_run_id"):
+                tracker.client.log_artifact(run["mlflow_run_id"], str(png), "explanations")
+    return meta
 
 
 def _champion_asset(spec: DatasetSpec, task_name: str) -> dg.AssetsDefinition:

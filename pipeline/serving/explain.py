@@ -210,3 +210,29 @@ def node_keys(con, spec: DatasetSpec, frame: pl.DataFrame) -> pl.DataFrame:
         else:
             keys.append(f"#{node}")
     return frame.with_columns(pl.Series("key", keys, dtype=pl.Utf8))
+
+
+def importance_plots(prep: PreparedTask, results: dict[str, dict], out_dir: Path,
+                     n: int = 256, device: str = "cpu") -> dict[str, Path]:
+    """A global importance plot per model of `results` (`load_results`' dicts), each from
+    its best seed's checkpoint over up to `n` test examples; a model that cannot be
+    explained (e.g. LightGBM on link prediction) is left out."""
+    import math
+
+    task = prep.task
+    sign = 1 if task.lower_is_better else -1
+    entity, cutoff = importance_sample(prep, "test", n)
+    out = {}
+    for model, res in results.items():
+        def rank(run: dict) -> float:
+            v = run["metrics"].get(f"val_{task.metric}", math.nan)
+            return math.inf if v is None or math.isnan(v) else sign * v
+
+        run = min(res["runs"], key=rank)
+        try:
+            attr = explain_rows(prep, model, run["checkpoint"], entity, cutoff, device)
+        except (ValueError, NotImplementedError):
+            continue
+        out[model] = plot_importance(attr, f"{model} on {task.name}: global importance",
+                                     Path(out_dir) / f"importance_{model}.png")
+    return out
