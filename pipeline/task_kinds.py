@@ -311,6 +311,8 @@ class LinkPrediction(TaskKind):
         from pipeline.evaluate import top_k_ids
 
         ids = scores if scores.ndim == 2 and scores.dtype.kind == "i" else top_k_ids(scores, k)
+        if isinstance(target_keys, pa.ChunkedArray):  # a column of a query's Arrow table
+            target_keys = target_keys.combine_chunks()
         flat = ids.reshape(-1)
         values = target_keys.take(pa.array(np.where(flat < 0, 0, flat)))
         # -1 pads a short candidate list (LightGBM); it becomes a null target.

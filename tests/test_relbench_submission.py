@@ -142,3 +142,17 @@ def test_multiclass_writes_no_file_and_seeds_and_rolling_have_their_folders(data
                      context="rolling")
     paths = [Path(r["submission"]).parent.name for r in result["runs"]]
     assert paths == ["lightgbm-rolling", "lightgbm-rolling-seed1"]
+
+
+def test_link_predictions_take_the_target_keys_as_a_query_gives_them():
+    """`predictions_<task>` of a link task: the target keys come as a chunked Arrow
+    column (a DuckDB query's), which the top-k lists are built from."""
+    import numpy as np
+    import pyarrow as pa
+
+    from pipeline.task_kinds import TASK_KINDS
+
+    keys = pa.chunked_array([pa.array([10, 11, 12]), pa.array([13, 14])])
+    ((name, column),) = TASK_KINDS["link_prediction"].prediction_columns(
+        np.array([[4, 0, -1]]), keys, 10)
+    assert name == "top_targets" and column.to_pylist() == [[14, 10, None]]
