@@ -83,6 +83,8 @@ def _materialize(spec, selection, run_config=None):
     """Materialize the assets `selection` (AssetKeys) of `spec` in process."""
     import dagster as dg
 
+    from assets import names
+    from assets.console import progress_logger
     from assets.definitions import dataset_assets
     from assets.resources import default_resources
 
@@ -90,9 +92,36 @@ def _materialize(spec, selection, run_config=None):
     for run_id in reclaim_dead_runs(instance):
         print(f"relgraph: run {run_id} lost its process (killed?); marked failed, its pool "
               "slots freed", file=sys.stderr)
-    return dg.materialize(dataset_assets(spec), instance=instance, selection=selection,
-                          resources=default_resources(), run_config=run_config or {},
-                          tags={HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())})
+    # What dg.materialize does, with the terminal's logger in place of Dagster's console
+    # logger unless --verbose: the engine events stay in the run's event log.
+    steps = {names.op_name(k): "/".join(k.path) for k in selection}
+    loggers = None if VERBOSE else {"console": progress_logger(steps)}
+    defs = dg.Definitions(jobs=[dg.define_asset_job(RUN_JOB, selection=selection)],
+                          assets=dataset_assets(spec), resources=default_resources(),
+                          loggers=loggers)
+    run_config = dict(run_config or {})
+    if loggers:  # Dagster starts a job's logger only when the run config names it
+        run_config["loggers"] = {"console": {}}
+    return defs.resolve_job_def(RUN_JOB).execute_in_process(
+        run_config=run_config, instance=instance,
+        tags={HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())})
+
+
+# The job name dg.materialize gives its runs; a command's runs keep it.
+RUN_JOB = "__ephemeral_asset_job__"
+# --verbose: Dagster's own console logger at DEBUG, MLflow's and Alembic's INFO lines.
+VERBOSE = False
+
+
+def _quiet_libraries() -> None:
+    """Without --verbose, the libraries say only what is wrong: MLflow's and Alembic's INFO
+    lines (store creation, migrations) and MLflow's download bars stay out of the terminal;
+    their warnings still show."""
+    import logging
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # MLflow sets its level on import
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def reclaim_dead_runs(instance) -> list[str]:
@@ -168,6 +197,8 @@ def cmd_run(args) -> int:
     print(report.markdown)
     print(f"\nMLflow experiment: relgraph/{spec.name}/{task.name}  "
           f"(tracking store: {os.environ.get('MLFLOW_TRACKING_URI') or DataPaths.from_env().mlflow_uri()})")
+    print("Look closer: `make ui` (or `relgraph ui`) serves the Dagster UI on http://127.0.0.1:3000 "
+          "and MLflow on http://127.0.0.1:5000")
     if report.submissions:
         print(f"RelBench prediction files: {report.submissions}")
     _print_refused(spec)
@@ -535,8 +566,15 @@ def main(argv: list[str] | None = None) -> int:
     bench = sub.add_parser("bench", help="run the benchmarks")
     bench.add_argument("--quick", action="store_true")
     bench.set_defaults(func=cmd_bench)
+    for command in sub.choices.values():
+        command.add_argument("--verbose", action="store_true",
+                             help="Dagster's engine events and the libraries' INFO lines too")
 
     args = parser.parse_args(argv)
+    global VERBOSE
+    VERBOSE = args.verbose
+    if not VERBOSE:
+        _quiet_libraries()
     import warnings
 
     # What a RelBench folder holds that relbench ignores: one line each, not a source line.

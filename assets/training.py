@@ -7,6 +7,7 @@ own; `frozen` or `rolling` overrides it for the run); a model reads its family's
 """
 
 import dataclasses
+import sys
 
 import dagster as dg
 from dagster_duckdb import DuckDBResource
@@ -68,7 +69,8 @@ def _training_asset(spec: DatasetSpec, task_name: str, model: str) -> dg.AssetsD
         cfg = entry.family.config_from_launchpad(entry, config.model_dump(), config.seed,
                                                  compute.device)
         ctx = RunContext(paths=p, tracker=mlflow.tracker(p), dagster_run_id=context.run.run_id,
-                         log=context.log.info, progress=False)
+                         # bars over the batches in a terminal, plain epoch lines elsewhere
+                         log=context.log.info, progress=sys.stderr.isatty())
         result = run_model(prep, model, cfg, ctx, seeds=config.seeds)
         metric = task.metric
         val, test = result["summary"][f"val_{metric}"], result["summary"][f"test_{metric}"]

@@ -26,11 +26,11 @@ def run_dir(tmp_path_factory):
          "--models", "sage,lightgbm,lightgbm_flat", "--epochs", "2"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return data, proc.stdout
+    return data, proc.stdout, proc.stderr
 
 
 def test_summary_table_lists_every_model(run_dir):
-    _, out = run_dir
+    _, out, _ = run_dir
     assert "MLflow experiment: relgraph/ecommerce/customer_churn" in out
     for model in ("sage", "lightgbm", "lightgbm_flat"):
         line = next(l for l in out.splitlines() if l.startswith(f"| {model} |"))
@@ -38,8 +38,27 @@ def test_summary_table_lists_every_model(run_dir):
         assert 0.5 < val <= 1.0 and 0.5 < test <= 1.0, line
 
 
+def test_the_terminal_shows_a_line_per_stage_and_epoch_and_no_engine_noise(run_dir):
+    _, out, err = run_dir
+    lines = out.splitlines()
+    assert err == "", err[-2000:]  # no warning, no library INFO line, no progress bar
+    assert not [line for line in lines if "DEBUG" in line or "arning" in line]
+    stages = ["ecommerce/" + t for t in ("categories", "customers", "products", "orders",
+                                        "reviews", "order_items", "returns", "customer_churn",
+                                        "graph")]
+    stages += [f"ecommerce/customer_churn/{s}" for s in ("sage", "lightgbm", "lightgbm_flat",
+                                                          "evaluation", "champion", "predictions")]
+    for stage in stages:
+        assert lines.count(f"{stage} ...") == 1, stage
+        assert sum(line.startswith(f"{stage} done (") for line in lines) == 1, stage
+    for epoch in (1, 2):
+        assert sum(line.strip().startswith(f"sage epoch {epoch}: train_loss=") for line in lines) == 1
+    # two screens: the stages, their messages, the table and where to look next
+    assert len(lines) <= 80, len(lines)
+
+
 def test_warehouse_holds_every_table_with_the_generated_counts(run_dir):
-    data, _ = run_dir
+    data, _, _ = run_dir
     from pipeline.data.spec import load_spec
 
     spec = load_spec(REPO / "datasets" / "ecommerce.yaml")
@@ -59,7 +78,7 @@ def test_warehouse_holds_every_table_with_the_generated_counts(run_dir):
 
 
 def test_mlflow_has_a_parent_and_one_nested_run_per_model(run_dir):
-    data, _ = run_dir
+    data, _, _ = run_dir
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(f"sqlite:///{data / 'mlflow' / 'mlflow.db'}")

@@ -251,7 +251,8 @@ def test_two_concurrent_graph_builds_serialize_on_the_warehouse(tmp_path, monkey
     # lock for certain (not only when their extracts happen to overlap) and must wait.
     holder = duckdb.connect(str(data / "warehouse.duckdb"))
     started = time.monotonic()
-    procs = [cli(["graph", "--dataset", str(spec_path)], data) for _ in range(2)]
+    # --verbose: the engine's STEP_START lines tell when a process is inside its first step
+    procs = [cli(["graph", "--dataset", str(spec_path), "--verbose"], data) for _ in range(2)]
     errs: list[list[str]] = [[], []]
     readers = [threading.Thread(target=lambda p=p, e=e: e.extend(p.stderr), daemon=True)
                for p, e in zip(procs, errs)]
@@ -344,7 +345,7 @@ def test_a_killed_run_gives_its_pool_slot_back_to_the_next_run(tmp_path, monkeyp
     spec_path = write_shop(tmp_path)
     data = tmp_path / "data"
     monkeypatch.setenv("DAGSTER_HOME", str(data / "dagster"))  # for this process's reads
-    first = cli(["graph", "--dataset", str(spec_path)], data)
+    first = cli(["graph", "--dataset", str(spec_path), "--verbose"], data)  # STEP_START lines
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(first.stderr), daemon=True)
     reader.start()

@@ -316,6 +316,11 @@ def test_registered_models_pickle_nothing_and_load_without_unpickling(tmp_path, 
     result = {"model": "lightgbm", "graph_hash": "g1", "dagster_run_id": "d1",
               "runs": [{"metrics": {"val_auroc": 0.7}, "mlflow_run_id": run_id,
                         "checkpoint": str(checkpoint)}]}
+    # the validation rows the model's signature and input example are read from
+    with duckdb.connect(str(paths.warehouse)) as con:
+        con.execute("""CREATE TABLE task_customer_churn AS SELECT 7::BIGINT AS customer_id,
+                       0::BIGINT AS __entity_id, TIMESTAMP '2025-01-01' AS cutoff,
+                       'val' AS split, 1 AS label""")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         ignore_third_party_warnings()

@@ -51,6 +51,8 @@ import numpy as np
 import pandas as pd
 
 import mlflow.pyfunc
+from mlflow.models import ModelSignature
+from mlflow.types import ColSpec, Schema
 
 from pipeline.data.spec import DatasetSpec, TaskSpec, load_spec
 from pipeline.data.sqlutil import q, q_list
@@ -251,6 +253,16 @@ def register_model(tracker: Tracker, paths: DataPaths, spec: DatasetSpec, task: 
             f"val_{metric}": run["metrics"].get(f"val_{metric}"),
             f"test_{metric}": run["metrics"].get(f"test_{metric}")}
     name = registered_name(spec.name, task.name)
+    # What the model takes: the entity's key columns (never missing) and a cutoff, typed
+    # as the warehouse holds them, shown on five rows of the validation split. Not
+    # `required`: a frame without them gets relgraph's own error, which names the columns.
+    con = open_warehouse(paths.warehouse)
+    try:
+        example = split_frame(con, spec, task, "val")[0].head(5)
+    finally:
+        con.close()
+    signature = ModelSignature(inputs=Schema([ColSpec(_mlflow_type(example[c]), c, required=False)
+                                              for c in example.columns]))
     with tempfile.TemporaryDirectory() as tmp:
         meta_path = Path(tmp) / "relgraph.json"
         meta_path.write_text(json.dumps(meta, default=float))
@@ -266,7 +278,9 @@ def register_model(tracker: Tracker, paths: DataPaths, spec: DatasetSpec, task: 
                 name="model", python_model=str(PYFUNC_CODE),
                 artifacts={"model": str(checkpoint), "spec": str(spec_path), "meta": str(meta_path)},
                 # Declared so that load_model may override them (it drops undeclared keys).
-                model_config={"data_dir": "", "device": "auto"},
+                model_config={"data_dir": "", "device": "auto"}, signature=signature,
+                # as columns of values: MLflow's DataFrame path warns inside pandas
+                input_example=example.to_dict(orient="list"),
                 # Listed, not inferred: inference would load and run the model in a subprocess.
                 pip_requirements=_requirements())
     tags = {"model": model, "dataset": spec.name, "task": task.name, "graph_hash": gm["hash"],
@@ -311,6 +325,17 @@ def register_run(tracker: Tracker, paths: DataPaths, spec: DatasetSpec, task: Ta
 
 
 # ----------------------------------------------------------------------- the gate
+
+
+def _mlflow_type(column: pd.Series) -> str:
+    """The MLflow column type of a key or cutoff column."""
+    if pd.api.types.is_datetime64_any_dtype(column):
+        return "datetime"
+    if pd.api.types.is_integer_dtype(column):
+        return "long"
+    if pd.api.types.is_float_dtype(column):
+        return "double"
+    return "string"
 
 
 def split_frame(con: duckdb.DuckDBPyConnection, spec: DatasetSpec, task: TaskSpec,
