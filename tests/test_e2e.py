@@ -18,7 +18,8 @@ SCALE = 1500
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     data = tmp_path_factory.mktemp("e2e") / "data"
-    env = {**os.environ, "RELGRAPH_DATA": str(data)}
+    # a system-metrics sample every second, so that even a short training run has some
+    env = {**os.environ, "RELGRAPH_DATA": str(data), "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1"}
     env.pop("DAGSTER_HOME", None)
     env.pop("MLFLOW_TRACKING_URI", None)
     proc = subprocess.run(
@@ -96,6 +97,10 @@ def test_mlflow_has_a_parent_and_one_nested_run_per_model(run_dir):
     history = client.get_metric_history(sage.info.run_id, "val_auroc")
     assert sorted({m.step for m in history}) == [1, 2]
     assert sage.data.metrics["val_auroc"] == max(m.value for m in history)
+    # the training run's system metrics (MLflow's "System metrics" tab), sampled while it ran
+    cpu = client.get_metric_history(sage.info.run_id, "system/cpu_utilization_percentage")
+    memory = client.get_metric_history(sage.info.run_id, "system/system_memory_usage_megabytes")
+    assert cpu and memory and all(m.value > 0 for m in memory)
 
 
 def test_run_trains_the_default_four_all_or_the_named_models():

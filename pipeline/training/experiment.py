@@ -16,6 +16,7 @@ import os
 import shutil
 import statistics
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -127,8 +128,19 @@ def run_model(prep: PreparedTask, model: str, config, ctx: RunContext, seeds: in
         seed = config.seed + i
         t0 = time.perf_counter()
         out_dir = ctx.paths.results / spec.name / task.name / model / f"seed{seed}"
-        fit = entry.family.fit(entry, replace(config, seed=seed), prep, ckpt_dir,
-                               progress=ctx.progress, log=ctx.log)
+        tags = {"dataset": spec.name, "task": task.name, "graph_hash": graph_hash,
+                "dagster_run_id": ctx.dagster_run_id, **ctx.extra_tags}
+        run_id = None
+        if ctx.tracker is not None:  # open while the model trains: its system metrics
+            run_id = ctx.tracker.start_model_run(experiment_id, parent_id, model, tags)
+        try:
+            with ctx.tracker.system_metrics(run_id) if run_id else nullcontext():
+                fit = entry.family.fit(entry, replace(config, seed=seed), prep, ckpt_dir,
+                                       progress=ctx.progress, log=ctx.log)
+        except BaseException:
+            if run_id:
+                ctx.tracker.client.set_terminated(run_id, "FAILED")
+            raise
         val_m, test_m = fit.val_metrics, fit.test_metrics
         seconds = time.perf_counter() - t0
         plots = _plots(task, out_dir, fit.history, fit.test_true, fit.test_scores)
@@ -138,16 +150,13 @@ def run_model(prep: PreparedTask, model: str, config, ctx: RunContext, seeds: in
                                seed=None if i == 0 else seed)
         if sub is not None:
             metrics.update({f"test_relbench_{k}": v for k, v in sub.metrics.items()})
-        run_id = None
         if ctx.tracker is not None:
-            run_id = ctx.tracker.log_model_run(
-                experiment_id, parent_id, model=model,
+            ctx.tracker.log_model_run(
+                experiment_id, parent_id, model=model, run_id=run_id,
                 params={**fit.params, "graph_hash": graph_hash, "git_commit": git_commit() or "",
                         "seed": seed, "test_context": task.test_context},
                 history=fit.history, metrics={**metrics, "train_seconds": seconds},
-                tags={"dataset": spec.name, "task": task.name, "graph_hash": graph_hash,
-                      "dagster_run_id": ctx.dagster_run_id, **ctx.extra_tags},
-                artifacts=plots + ([sub.path] if sub is not None else []))
+                tags=tags, artifacts=plots + ([sub.path] if sub is not None else []))
         ctx.log(f"{task.name}/{model} seed {seed}: val_{task.metric}={val_m.get(task.metric):.4f} "
                 f"test_{task.metric}={test_m.get(task.metric):.4f} ({seconds:.1f}s)")
         runs.append({"seed": seed, "metrics": metrics, "seconds": seconds, "mlflow_run_id": run_id,

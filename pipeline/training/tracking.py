@@ -112,17 +112,37 @@ class Tracker:
                                       "relgraph_role": "parent"})
         return run.info.run_id
 
+    def start_model_run(self, experiment_id: str, parent_id: str, model: str,
+                        tags: dict[str, str]) -> str:
+        """A nested run for one model, open while it trains (see `system_metrics`)."""
+        run = self.client.create_run(experiment_id, run_name=model,
+                                     tags={**tags, "mlflow.parentRunId": parent_id,
+                                           "relgraph_role": "model"})
+        return run.info.run_id
+
+    @contextmanager
+    def system_metrics(self, run_id: str) -> Iterator[None]:
+        """MLflow's own system metrics (CPU, memory, disk, network; GPU where MLflow's
+        monitor finds one) of `run_id` while the block runs: its "System metrics" tab.
+        MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL sets the seconds between samples (10)."""
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        monitor = SystemMetricsMonitor(run_id, tracking_uri=self.tracking_uri)
+        monitor.start()
+        try:
+            yield
+        finally:
+            monitor.finish()
+
     def log_model_run(self, experiment_id: str, parent_id: str, *, model: str, params: dict,
                       history: list[dict], metrics: dict[str, float], tags: dict[str, str],
-                      artifacts: list[Path] = ()) -> str:
-        """One nested run: params, per-epoch curves, final metrics, artifacts."""
+                      artifacts: list[Path] = (), run_id: str | None = None) -> str:
+        """One nested run (`run_id`, or a new one): params, per-epoch curves, final
+        metrics, artifacts; the run is finished."""
         from mlflow.entities import Metric, Param, RunTag
 
         client = self.client
-        run = client.create_run(experiment_id, run_name=model,
-                                tags={**tags, "mlflow.parentRunId": parent_id,
-                                      "relgraph_role": "model"})
-        run_id = run.info.run_id
+        run_id = run_id or self.start_model_run(experiment_id, parent_id, model, tags)
         now = int(time.time() * 1000)
         all_params = {"model": model, **params}
         epoch_metrics = [Metric(k, float(v), now, int(row["epoch"])) for row in history
