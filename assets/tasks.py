@@ -35,7 +35,13 @@ def _task_asset(spec: DatasetSpec, task_name: str) -> dg.AssetsDefinition:
             s = summary["splits"][split]
             rows.append(f"| {split} | " + " | ".join(
                 f"{v:.4f}" if isinstance(v, float) else str(v) for v in s.values()) + " |")
-        context.log.info("task %s: %s", task_name, summary["splits"])
+        stat = task.kind.label_stat
+        context.log.info("%s: %s; %d live entities", task_name, ", ".join(
+            f"{split} {s['examples']} examples at {s['cutoffs']} cutoffs "
+            f"({stat.replace('_', ' ')} {s[stat]:.3f})" if s[stat] is not None else
+            f"{split} {s['examples']} examples at {s['cutoffs']} cutoffs"
+            for split, s in ((k, summary["splits"][k]) for k in ("train", "val", "test"))),
+            summary["live_entities"])
         for repair in summary["repairs"]:
             context.log.warning(repair["message"])
         yield from task_check_results(spec, task, names.task_key(spec, task_name), summary["repairs"])
