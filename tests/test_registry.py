@@ -215,6 +215,20 @@ def test_mlflow_uri_restores_the_environment(monkeypatch, tmp_path):
     assert os.environ["MLFLOW_REGISTRY_URI"] == "sqlite:///elsewhere.db"
 
 
+def test_mlflow_uri_leaves_no_registry_uri_pinned(monkeypatch, tmp_path):
+    """After the block, a client of another store reads that store's registry: restoring
+    the resolved default instead of 'not set' pinned the registry to the block's store,
+    and a later test found its registered model missing."""
+    from mlflow import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    with mlflow_uri(f"sqlite:///{tmp_path / 'a.db'}"):
+        pass
+    other = f"sqlite:///{tmp_path / 'b.db'}"
+    assert MlflowClient(other)._registry_uri == other
+
+
 # Last in the file: it moves the champion alias.
 def test_a_champion_registered_as_a_pickle_keeps_scoring(pipeline, monkeypatch):
     """Before models from code, register_model logged `RelgraphModel()` itself, CloudPickled

@@ -599,12 +599,18 @@ def _resolve_task(spec: DatasetSpec, task: TaskSpec | str) -> TaskSpec:
 def _seen_limit(con, spec: DatasetSpec, task: TaskSpec, task_table: str) -> datetime | None:
     """The test cutoff when a task table's test examples are frozen at it (a table with
     splits under `test_context: frozen`); None otherwise (rolling, the live table)."""
+    from pipeline.data.spec import SpecError
     from pipeline.data.tasks import task_cutoffs
 
     if task.test_context != "frozen" or "split" not in _Builder(con, spec, GBDTConfig()
                                                                 ).table_columns(task_table):
         return None
-    return task_cutoffs(con, spec, task).test
+    try:
+        return task_cutoffs(con, spec, task).test
+    except SpecError:
+        # No time column, or every one empty: no row is later than any cutoff, so there is
+        # nothing to hide (the task table was built from rows that carry no time).
+        return None
 
 
 def _build(con, spec: DatasetSpec, task: TaskSpec, task_table: str, flat: bool,

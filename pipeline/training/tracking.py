@@ -209,9 +209,13 @@ def mlflow_uri(uri: str) -> Iterator[None]:
     per-call URI, and it exports its URIs to the environment, which `Tracker.default`
     reads."""
     import mlflow
+    from mlflow.tracking._model_registry import utils as registry_state
+    from mlflow.tracking._tracking_service import utils as tracking_state
 
     saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
-    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    # What was set, not what get_*_uri() resolves: restoring a resolved default would pin
+    # it, and a later MlflowClient(tracking_uri) would read another store's registry.
+    previous = tracking_state._tracking_uri, registry_state._registry_uri
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     try:
