@@ -23,11 +23,10 @@ def shop_spec(name: str, src: Path, label_sql: str = CHURN) -> dict:
                                 "test_cutoff": "latest - 30d", "num_train_cutoffs": 3}}}
 
 
-def synthetic_task(root: Path, task_name: str, scale: int = 1000):
+def synthetic_prep(root: Path, task_name: str, scale: int = 1000):
     """The synthetic e-commerce shop (datasets/ecommerce.yaml) at `scale` customers under
-    `root`, with one task: (graph truncated at the test cutoff, feature meta, task, splits)."""
+    `root`, extracted, with `task_name`'s label table: the task prepared (PreparedTask)."""
     import dataclasses
-    from contextlib import closing
 
     import duckdb
 
@@ -46,6 +45,11 @@ def synthetic_task(root: Path, task_name: str, scale: int = 1000):
         for table in spec.extract_order():
             extract_table(con, spec, table, source.read(table), source.fingerprint(table))
         build_task_table(con, spec, task)
-    prep = prepare_task(lambda: closing(duckdb.connect(warehouse)), spec, task,
-                        graphs_dir=root / "graphs")
-    return prep.training_graph(), prep.graph.feature_meta, task, prep.examples()
+    return prepare_task(lambda: duckdb.connect(warehouse), spec, task, graphs_dir=root / "graphs")
+
+
+def synthetic_task(root: Path, task_name: str, scale: int = 1000):
+    """`synthetic_prep`'s task as (graph truncated at the test cutoff, feature meta, task,
+    splits)."""
+    prep = synthetic_prep(root, task_name, scale)
+    return prep.training_graph(), prep.graph.feature_meta, prep.task, prep.examples()

@@ -2,12 +2,8 @@
 products, which show in returns (pipeline/data/sources/synthetic.py); both families'
 explanations must rank the returns table ahead of columns that carry no signal."""
 
-import dataclasses
 import time
-from contextlib import closing
-from pathlib import Path
 
-import duckdb
 import numpy as np
 import polars as pl
 import pytest
@@ -15,8 +11,8 @@ import pytest
 from pipeline.serving.explain import (describe, explain_rows, global_importance, importance_sample,
                                       neighbours, plot_importance, reasons)
 from pipeline.training.gbdt_attribution import feature_origin
+from shop import synthetic_prep
 
-REPO = Path(__file__).resolve().parents[1]
 # Columns the generator draws without any effect on leaving.
 NOISE = ("customers.country", "customers.marketing_opt_in", "orders.channel",
          "orders.payment_method", "products.weight_kg", "products.is_eco")
@@ -24,25 +20,8 @@ NOISE = ("customers.country", "customers.marketing_opt_in", "orders.channel",
 
 @pytest.fixture(scope="module")
 def shop(tmp_path_factory):
-    from pipeline.data.sources import open_source
-    from pipeline.data.spec import load_spec
-    from pipeline.data.tasks import build_task_table
-    from pipeline.data.warehouse import extract_table
-    from pipeline.training.prepare import prepare_task
-
     root = tmp_path_factory.mktemp("explain")
-    spec = load_spec(REPO / "datasets" / "ecommerce.yaml")
-    spec = dataclasses.replace(spec, source=dataclasses.replace(spec.source, scale=5000))
-    task = spec.tasks["customer_churn"]
-    source = open_source(spec, root)
-    warehouse = str(root / "warehouse.duckdb")
-    with duckdb.connect(warehouse) as con:
-        for table in spec.extract_order():
-            extract_table(con, spec, table, source.read(table), source.fingerprint(table))
-        build_task_table(con, spec, task)
-    prep = prepare_task(lambda: closing(duckdb.connect(warehouse)), spec, task,
-                        graphs_dir=root / "graphs")
-    return root, prep
+    return root, synthetic_prep(root, "customer_churn", scale=5000)
 
 
 def _fit(shop, model: str):

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
@@ -79,21 +78,13 @@ def _rewrite(src: Path, out: Path, after) -> Path:
     return out
 
 
-@contextmanager
-def _connect(path: Path):
-    con = duckdb.connect(str(path))
-    try:
-        yield con
-    finally:
-        con.close()
-
 
 def _predictions(folder: Path, work: Path) -> dict:
     """{context: {model: {(entity, cutoff): score}}} of the folder's test split."""
     spec = load_dataset(folder)
     work.mkdir()
     db = work / "warehouse.duckdb"
-    with _connect(db) as con:
+    with duckdb.connect(str(db)) as con:
         source = open_source(spec, work)
         for name in spec.extract_order():
             extract_table(con, spec, name, source.read(name), source.fingerprint(name))
@@ -102,7 +93,7 @@ def _predictions(folder: Path, work: Path) -> dict:
     out = {}
     for context in ("frozen", "rolling"):
         task = dataclasses.replace(spec.tasks[TASK], test_context=context)
-        prep = prepare_task(lambda: _connect(db), spec, task, graph=graph)
+        prep = prepare_task(lambda: duckdb.connect(str(db)), spec, task, graph=graph)
         ex = prep.examples(("test",))["test"]
         keys = list(zip(ex.entity.tolist(), ex.cutoff.tolist()))
         out[context] = {}
@@ -182,7 +173,7 @@ def test_removed_columns_are_no_feature(tmp_path):
     assert task.remove_columns == (("patients", "risk_score"),)
     (tmp_path / "work").mkdir()
     db = tmp_path / "work" / "warehouse.duckdb"
-    with _connect(db) as con:
+    with duckdb.connect(str(db)) as con:
         source = open_source(spec, tmp_path / "work")
         for name in spec.extract_order():
             extract_table(con, spec, name, source.read(name), source.fingerprint(name))
@@ -197,7 +188,7 @@ def test_removed_columns_are_no_feature(tmp_path):
     meta = graph.feature_meta["patients"]["names"]
     cols = [i for i, n in enumerate(meta["num"]) if n.startswith("risk_score")]
     assert cols, meta  # a feature of the dataset's graph ...
-    prep = prepare_task(lambda: _connect(db), spec, task, graph=graph)
+    prep = prepare_task(lambda: duckdb.connect(str(db)), spec, task, graph=graph)
     for view in (prep.training_graph(), prep.test_graph(), prep.scoring_graph()):
         x = view["patients"].x_num[:, cols]
         assert bool((x == 0).all())  # ... that this task's views hold as missing

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
@@ -40,20 +39,12 @@ LGBM = GBDTConfig(n_estimators=20, early_stopping_rounds=5, num_threads=1, seed=
                   num_leaves=15, min_child_samples=5)
 
 
-@contextmanager
-def _connect(path: Path):
-    con = duckdb.connect(str(path))
-    try:
-        yield con
-    finally:
-        con.close()
-
 
 def _dataset(folder: Path, work: Path, tasks):
     spec = load_dataset(folder)
     work.mkdir(parents=True)
     db = work / "warehouse.duckdb"
-    with _connect(db) as con:
+    with duckdb.connect(str(db)) as con:
         source = open_source(spec, work)
         for name in spec.extract_order():
             extract_table(con, spec, name, source.read(name), source.fingerprint(name))
@@ -94,7 +85,7 @@ def _run(data, dataset, task, model, config, seeds=1, context=None):
     t = spec.tasks[task]
     if context:
         t = dataclasses.replace(t, test_context=context)
-    prep = prepare_task(lambda: _connect(db), spec, t, graph=graph)
+    prep = prepare_task(lambda: duckdb.connect(str(db)), spec, t, graph=graph)
     ctx = RunContext(paths=DataPaths(data["root"] / "out"), tracker=None, progress=False,
                      log=lambda msg: None)
     return folder, run_model(prep, model, config, ctx, seeds=seeds)
@@ -118,10 +109,8 @@ def test_relbench_scores_the_files_to_our_metric(data, dataset, task, metric, mo
     assert abs(theirs[metric] - ours) < 1e-9, (theirs, ours)
     frame = pd.read_csv(path)
     if metric == "nmae":  # relbench's train labels hold rows relgraph has no entity for
-        from pipeline.data.tasks import relbench_train_labels
-
         _, spec, db, _ = data[dataset]
-        with _connect(db) as con:
+        with duckdb.connect(str(db)) as con:
             unkeyed = con.sql('SELECT count(*) FROM "task_driver-position_unkeyed" '
                               "WHERE split = 'train'").fetchall()[0][0]
         assert unkeyed > 0
