@@ -19,16 +19,14 @@ import sys
 import time
 import urllib.error
 import urllib.request
-import uuid
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import dagster as dg
 import psutil
 import pytest
 import yaml
 
-from conftest import PG_URI_DEFAULT, PG_URI_ENV, _no_server
+from test_deploy import pg_server_database  # noqa: F401  (the fixture pg builds on)
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
@@ -36,28 +34,16 @@ LOCAL_LAUNCHER = {"module": "dagster.core.launcher", "class": "DefaultRunLaunche
 
 
 @pytest.fixture
-def pg(monkeypatch):
+def pg(pg_server_database, monkeypatch):
     """A fresh database on the test server (dropped after); DAGSTER_PG_* point at it."""
-    psycopg = pytest.importorskip("psycopg")
-    uri = os.environ.get(PG_URI_ENV, PG_URI_DEFAULT)
-    try:
-        admin = psycopg.connect(uri, autocommit=True, connect_timeout=5)
-    except psycopg.OperationalError as exc:
-        _no_server("PostgreSQL", PG_URI_ENV, uri, str(exc).strip().splitlines()[0])
-    parts = urlsplit(uri)
-    db = {"host": parts.hostname or "127.0.0.1", "port": str(parts.port or 5432),
-          "user": parts.username or "postgres", "password": parts.password or "",
-          "name": f"relgraph_test_{uuid.uuid4().hex[:12]}"}
-    admin.execute(f'CREATE DATABASE "{db["name"]}"')
+    server = pg_server_database
+    db = {"host": server.host, "port": str(server.port), "user": server.user,
+          "password": server.password, "name": server.name}
     for key, value in {"DAGSTER_PG_HOST": db["host"], "DAGSTER_PG_PORT": db["port"],
                        "DAGSTER_PG_USERNAME": db["user"], "DAGSTER_PG_PASSWORD": db["password"],
                        "DAGSTER_PG_DB": db["name"], "PGSSLMODE": "disable"}.items():
         monkeypatch.setenv(key, value)
-    try:
-        yield db
-    finally:
-        admin.execute(f'DROP DATABASE "{db["name"]}" WITH (FORCE)')
-        admin.close()
+    return db
 
 
 def _home(tmp_path: Path) -> Path:
