@@ -1,1 +1,2 @@
-"""Serving: MLflow tracking, the model registry and champion gate, and batch predictions."""
+"""Serving: the model registry and champion gate, the registered model's code, batch
+predictions and explanations."""
